@@ -1,0 +1,1 @@
+"""distill: a Dagster asset graph from seed prompts to a deployable small model."""

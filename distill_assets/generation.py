@@ -1,0 +1,390 @@
+"""`raw_generations`: teacher outputs per category by the guide's five generation methods.
+
+- response: the teacher answers each seed;
+- cot: the teacher solves each seed step by step (the training pair keeps the plain problem as the prompt);
+- self_instruct: the teacher writes new instructions from a few seed examples, then answers them;
+- evol_instruct: in-depth / in-breadth rewrites for N rounds, each round answered, the parent chain kept;
+- task_specific: real inputs answered, plus similar synthetic inputs written by the teacher and answered.
+
+Multi-step methods run in phases: every request of a phase goes out in one concurrent batch, so the
+endpoint's concurrency is used fully, and each phase's answers spawn the next phase's requests.
+"""
+
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from distill_assets.ids import content_hash, frame_version, seed_id
+from distill_assets.partitions import CATEGORY
+from distill_assets.stages import preview_markdown
+from distill_assets.tasks import Category, load_tasks
+from resources.llm import ChatRequest, ChatResult, LLMResource, LLMSession
+from resources.store import DuckDBStore, utcnow
+
+COT_TEMPLATE = (
+    "Solve this problem step by step. Show your reasoning at each step before giving the final answer.\n\n"
+    "Problem: {problem}\n\nLet me think through this carefully:"
+)
+SELF_INSTRUCT_TEMPLATE = (
+    "We are building training data for this task: {description}\n\n"
+    "Here are example requests:\n{examples}\n\n"
+    "Write {n} new requests of the same kind and difficulty, each different from the examples and from each "
+    "other. Write one per line, numbered 1. to {n}. Do not answer them."
+)
+TASK_SPECIFIC_TEMPLATE = (
+    "Here is a real input from our system ({description}):\n\n{input}\n\n"
+    "Write {n} new, realistic inputs of the same kind, with different details but the same style and "
+    "length. Write one per line, numbered 1. to {n}. Do not answer them."
+)
+EVOL_TEMPLATE = (
+    "I want you to act as an instruction rewriter. Rewrite the given instruction into a {direction} version.\n"
+    "{operation}\n"
+    "The rewritten instruction must be self-contained, reasonable and answerable, and must not mention the "
+    "original. Reply with the rewritten instruction only.\n\n"
+    "#Given Instruction#:\n{instruction}\n\n#Rewritten Instruction#:"
+)
+# The guide's evolution operations: in-depth makes harder, in-breadth makes more diverse.
+EVOL_OPERATIONS = {
+    "add_constraints": ("more difficult", "Add one more constraint or requirement to it."),
+    "deepen": ("more difficult", "Ask for a deeper answer: more detail, with an example."),
+    "increase_reasoning": ("more difficult", "Make it require more reasoning steps or edge cases."),
+    "complicate_input": ("more difficult", "Complicate the input: add more context, values or variables."),
+    "add_requirements": ("more difficult", "Require handling errors or unusual cases gracefully."),
+    "concretize": ("more specific", "Replace general concepts with a specific real-world situation."),
+    "mutate": ("different", "Change the domain or scenario while keeping the same structure."),
+    "generate_new": ("new but related", "Create a related but different problem of the same type."),
+}
+_NUMBERED = re.compile(r"^\s*(?:\d{1,3}[\.\):]|[-*•])\s+(.+?)\s*$")
+_LABELS = re.compile(r"^\s*(?:#*\s*(?:rewritten|new|evolved)\s+instruction#*\s*:?)\s*", re.I)
+
+GENERATION_COLUMNS = [
+    "generation_id", "example_id", "seed_id", "parent_ids", "category", "method", "messages", "system_prompt",
+    "instruction", "response", "teacher_model", "params", "call_key", "sample_index", "prompt_tokens",
+    "completion_tokens", "latency_s", "finish_reason", "difficulty", "reference", "tests", "entry_point",
+    "source", "evol_chain", "created_at",
+]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pure prompt building and parsing
+# ------------------------------------------------------------------------------------------------------------
+def answer_messages(category: Category, instruction: str, method: str) -> list[dict]:
+    user = COT_TEMPLATE.format(problem=instruction) if method == "cot" else instruction
+    return [{"role": "system", "content": category.system_prompt}, {"role": "user", "content": user}]
+
+
+def training_messages(category: Category, instruction: str, response: str) -> list[dict]:
+    """The chat example the student trains on: the plain instruction, never the generation scaffold."""
+    return [{"role": "system", "content": category.system_prompt}, {"role": "user", "content": instruction},
+            {"role": "assistant", "content": response}]
+
+
+def self_instruct_messages(category: Category, examples: list[str], n: int) -> list[dict]:
+    listed = "\n".join(f"{i}. {e}" for i, e in enumerate(examples, 1))
+    return [{"role": "user", "content": SELF_INSTRUCT_TEMPLATE.format(description=category.description,
+                                                                     examples=listed, n=n)}]
+
+
+def task_specific_messages(category: Category, real_input: str, n: int) -> list[dict]:
+    return [{"role": "user", "content": TASK_SPECIFIC_TEMPLATE.format(description=category.description,
+                                                                     input=real_input, n=n)}]
+
+
+def evol_operation(seed: str, round_: int) -> str:
+    """Deterministic choice of evolution operation per (seed, round), so reruns hit the cache."""
+    names = sorted(EVOL_OPERATIONS)
+    return names[int(content_hash("evol", seed, round_), 16) % len(names)]
+
+
+def evol_messages(instruction: str, operation: str) -> list[dict]:
+    direction, op = EVOL_OPERATIONS[operation]
+    return [{"role": "user", "content": EVOL_TEMPLATE.format(direction=direction, operation=op,
+                                                            instruction=instruction)}]
+
+
+def parse_instruction_list(text: str, n: int, exclude: list[str] = ()) -> list[str]:
+    """Numbered or bulleted lines -> up to n distinct instructions (falls back to non-empty lines)."""
+    lines = [l for l in (text or "").splitlines() if l.strip()]
+    items = [m.group(1) for m in (_NUMBERED.match(l) for l in lines) if m]
+    if not items:
+        items = [l.strip() for l in lines]
+    seen = {e.strip().casefold() for e in exclude}
+    out = []
+    for it in items:
+        it = it.strip().strip('"').strip()
+        if len(it) < 10 or it.casefold() in seen or it.endswith(":"):
+            continue
+        seen.add(it.casefold())
+        out.append(it)
+        if len(out) >= n:
+            break
+    return out
+
+
+def parse_evolved(text: str) -> str | None:
+    text = (text or "").strip()
+    text = _LABELS.sub("", text).strip().strip('"').strip()
+    # the rewrite is the first paragraph; later ones are usually the model answering it
+    first = text.split("\n\n")[0].strip()
+    return first if len(first) >= 10 else None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the phased generation plan
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Step:
+    kind: str  # answer | write_instructions | evolve | synthesize
+    method: str
+    seed: dict  # seed row (seed_id, difficulty, reference, tests, entry_point, prompt, source)
+    request: ChatRequest
+    instruction: str = ""
+    parent_ids: list[str] = field(default_factory=list)
+    evol_chain: list[dict] = field(default_factory=list)
+    round: int = 0
+    n: int = 0
+
+
+def _take(seeds: list[dict], count: int | None) -> list[dict]:
+    return seeds if count is None else seeds[:count]
+
+
+def _answer_steps(category: Category, method: str, seed: dict, instruction: str, parent_ids: list[str],
+                  evol_chain: list[dict] | None = None) -> list[Step]:
+    msgs = answer_messages(category, instruction, method)
+    return [Step("answer", method, seed,
+                 ChatRequest(msgs, category.temperature, category.max_tokens, sample_index=k),
+                 instruction=instruction, parent_ids=parent_ids, evol_chain=evol_chain or [])
+            for k in range(category.samples_per_prompt)]
+
+
+def _derived_seed(category: Category, parent: dict, instruction: str, difficulty: str | None = None) -> dict:
+    """A synthetic instruction becomes its own seed; references and tests do not carry over."""
+    return {"seed_id": seed_id(category.name, instruction, "synthetic"), "prompt": instruction,
+            "difficulty": difficulty or parent.get("difficulty") or "medium", "reference": None, "tests": "[]",
+            "entry_point": None, "source": "synthetic" if parent.get("source") != "production" else "production"}
+
+
+def initial_steps(category: Category, seeds: pd.DataFrame) -> list[Step]:
+    rows = seeds.to_dict("records")
+    methods = category.methods.enabled()
+    steps: list[Step] = []
+    answered = set()
+    for method in ("response", "cot"):
+        if method in methods:
+            for s in _take(rows, methods[method].count):
+                steps += _answer_steps(category, method, s, s["prompt"], [s["seed_id"]])
+                answered.add(s["seed_id"])
+    if "self_instruct" in methods:
+        spec = methods["self_instruct"]
+        total = spec.count if spec.count is not None else len(rows)
+        k = min(spec.examples_per_prompt, len(rows))
+        for call in range(-(-total // spec.per_call) if total else 0):
+            n = min(spec.per_call, total - call * spec.per_call)
+            examples = [rows[(call * k + j) % len(rows)] for j in range(k)]
+            req = ChatRequest(self_instruct_messages(category, [e["prompt"] for e in examples], n),
+                              max(category.temperature, 0.7), 64 * n + 64, sample_index=call)
+            steps.append(Step("write_instructions", "self_instruct", examples[0], req,
+                              parent_ids=[e["seed_id"] for e in examples], n=n))
+    if "evol_instruct" in methods:
+        spec = methods["evol_instruct"]
+        for s in _take(rows, spec.count):
+            op = evol_operation(s["seed_id"], 1)
+            steps.append(Step("evolve", "evol_instruct", s, ChatRequest(evol_messages(s["prompt"], op),
+                                                                         category.temperature, 256),
+                              instruction=s["prompt"], parent_ids=[s["seed_id"]],
+                              evol_chain=[{"seed_id": s["seed_id"], "operation": None}], round=1, n=spec.rounds))
+    if "task_specific" in methods:
+        spec = methods["task_specific"]
+        for s in _take(rows, spec.count):
+            if s["seed_id"] not in answered:  # the real input itself (already answered by `response` if enabled)
+                steps += _answer_steps(category, "task_specific", s, s["prompt"], [s["seed_id"]])
+            req = ChatRequest(task_specific_messages(category, s["prompt"], spec.per_call),
+                              max(category.temperature, 0.7), 96 * spec.per_call + 64)
+            steps.append(Step("synthesize", "task_specific", s, req, parent_ids=[s["seed_id"]], n=spec.per_call))
+    return steps
+
+
+def next_steps(category: Category, step: Step, result: ChatResult) -> list[Step]:
+    """Follow-up steps spawned by a writer step's answer."""
+    if step.kind == "write_instructions":
+        out = []
+        for instr in parse_instruction_list(result.content, step.n):
+            seed = _derived_seed(category, step.seed, instr)
+            out += _answer_steps(category, "self_instruct", seed, instr, step.parent_ids)
+        return out
+    if step.kind == "synthesize":
+        out = []
+        for instr in parse_instruction_list(result.content, step.n, exclude=[step.seed["prompt"]]):
+            seed = _derived_seed(category, step.seed, instr)
+            out += _answer_steps(category, "task_specific", seed, instr, [step.seed["seed_id"]])
+        return out
+    if step.kind == "evolve":
+        evolved = parse_evolved(result.content)
+        if not evolved:
+            return []
+        op = step.evol_chain[-1]["operation"] if step.evol_chain[-1]["operation"] else evol_operation(
+            step.seed["seed_id"], step.round)
+        difficulty = "hard" if step.round >= 2 or EVOL_OPERATIONS[op][0] == "more difficult" else None
+        seed = _derived_seed(category, step.seed, evolved, difficulty)
+        chain = step.evol_chain[:-1] + [{**step.evol_chain[-1], "operation": op},
+                                        {"seed_id": seed["seed_id"], "operation": None, "round": step.round}]
+        out = _answer_steps(category, "evol_instruct", seed, evolved, step.parent_ids + [seed["seed_id"]], chain)
+        if step.round < step.n:
+            nop = evol_operation(seed["seed_id"], step.round + 1)
+            out.append(Step("evolve", "evol_instruct", seed,
+                            ChatRequest(evol_messages(evolved, nop), category.temperature, 256),
+                            instruction=evolved, parent_ids=step.parent_ids + [seed["seed_id"]],
+                            evol_chain=chain[:-1] + [{**chain[-1], "operation": nop}], round=step.round + 1,
+                            n=step.n))
+        return out
+    return []
+
+
+def generation_row(category: Category, step: Step, result: ChatResult) -> dict:
+    return {
+        "generation_id": "g_" + content_hash(result.call_key, step.method, step.seed["seed_id"]),
+        "seed_id": step.seed["seed_id"],
+        "parent_ids": json.dumps(step.parent_ids),
+        "category": category.name,
+        "method": step.method,
+        "messages": json.dumps(training_messages(category, step.instruction, result.content), ensure_ascii=False),
+        "system_prompt": category.system_prompt,
+        "instruction": step.instruction,
+        "response": result.content,
+        "teacher_model": result.model,
+        "params": json.dumps(step.request.params()),
+        "call_key": result.call_key,
+        "sample_index": step.request.sample_index,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "latency_s": result.latency_s,
+        "finish_reason": result.finish_reason,
+        "difficulty": step.seed.get("difficulty") or "medium",
+        "reference": step.seed.get("reference"),
+        "tests": step.seed.get("tests") or "[]",
+        "entry_point": step.seed.get("entry_point"),
+        "source": step.seed.get("source") or "seed",
+        "evol_chain": json.dumps(step.evol_chain),
+    }
+
+
+@dataclass
+class GenerationStats:
+    calls: int = 0
+    cached: int = 0
+    failed: int = 0
+    failures: dict = field(default_factory=dict)
+    phases: int = 0
+    budget_note: str | None = None
+    seconds: float = 0.0
+
+
+def generate(category: Category, seeds: pd.DataFrame, session: LLMSession) -> tuple[pd.DataFrame, GenerationStats]:
+    """Run every method's phases for one category; returns one row per successful answer."""
+    stats = GenerationStats()
+    t0 = time.monotonic()
+    steps = initial_steps(category, seeds)
+    rows: list[dict] = []
+    while steps:
+        stats.phases += 1
+        results = session.complete([s.request for s in steps], category=category.name,
+                                   label=f"raw_generations[{category.name}] phase {stats.phases}")
+        following: list[Step] = []
+        for step, res in zip(steps, results):
+            stats.calls += 1
+            stats.cached += int(res.cached)
+            if not res.ok:
+                stats.failed += 1
+                stats.failures[res.status] = stats.failures.get(res.status, 0) + 1
+                continue
+            if step.kind == "answer":
+                rows.append(generation_row(category, step, res))
+            else:
+                following += next_steps(category, step, res)
+        steps = following
+        if session.budget_hit:
+            stats.budget_note = session.budget_hit
+            break
+    stats.seconds = time.monotonic() - t0
+    df = pd.DataFrame(rows, columns=[c for c in GENERATION_COLUMNS if c not in ("example_id", "created_at")])
+    df = df.drop_duplicates("generation_id").reset_index(drop=True)
+    df.insert(1, "example_id", df["generation_id"])
+    df["created_at"] = utcnow()
+    return df, stats
+
+
+def category_cost(store: DuckDBStore, call_keys: list[str]) -> dict[str, float]:
+    if not call_keys:
+        return {"cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0}
+    with store.connect() as conn:
+        conn.register("_k", pd.DataFrame({"call_key": call_keys}))
+        try:
+            r = conn.execute("""SELECT coalesce(sum(cost_usd), 0), coalesce(sum(prompt_tokens), 0),
+                                       coalesce(sum(completion_tokens), 0)
+                                FROM teacher_calls JOIN _k USING (call_key)""").fetchall()[0]
+        finally:
+            conn.unregister("_k")
+    return {"cost_usd": float(r[0]), "prompt_tokens": int(r[1]), "completion_tokens": int(r[2])}
+
+
+@dg.asset(
+    partitions_def=CATEGORY,
+    group_name="generation",
+    kinds={"openai", "duckdb"},
+    code_version="generation-v1",
+    metadata={"partition_expr": "category"},
+    pool="teacher",
+    owners=["team:distill"],
+    tags={"stage": "generation"},
+    ins={"seed_prompts": dg.AssetIn("seed_prompts")},
+)
+def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFrame, store: DuckDBStore,
+                    teacher: LLMResource) -> dg.Output[pd.DataFrame]:
+    """Teacher generations of one category (one row per answered sample) by the task's methods, with the chat
+    `messages` to train on, the teacher model, params, tokens, latency and the call key into `teacher_calls`.
+    Every call is cached: a rerun after a crash pays only for calls never answered."""
+    category = load_tasks().category(context.partition_key)
+    if seed_prompts.empty:
+        raise ValueError(f"seed_prompts[{category.name}] is empty; materialize seed_prompts first")
+    with teacher.session(store, run_id=context.run.run_id, logger=context.log) as session:
+        df, stats = generate(category, seed_prompts, session)
+        model = session.model
+    if df.empty and stats.failed:
+        raise RuntimeError(
+            f"raw_generations[{category.name}]: all {stats.failed} teacher call(s) failed {stats.failures}; "
+            "nothing was generated. The failures are in teacher_calls; a rerun retries them."
+        )
+    if stats.failed:
+        context.log.warning(f"{stats.failed} call(s) failed after retries {stats.failures}; rerun to retry them")
+    if stats.budget_note:
+        context.log.warning(stats.budget_note)
+    cost = category_cost(store, df["call_key"].tolist())
+    version = frame_version(df, ["generation_id", "response"])
+    return dg.Output(
+        df,
+        metadata={
+            "rows": dg.MetadataValue.int(len(df)),
+            "by_method": dg.MetadataValue.json(df["method"].value_counts().to_dict()),
+            "teacher": dg.MetadataValue.json({**teacher.describe(), "model": model}),
+            "calls": dg.MetadataValue.int(stats.calls),
+            "calls_from_cache": dg.MetadataValue.int(stats.cached),
+            "calls_failed": dg.MetadataValue.int(stats.failed),
+            "budget_stop": dg.MetadataValue.text(stats.budget_note or "no"),
+            "prompt_tokens": dg.MetadataValue.int(cost["prompt_tokens"]),
+            "completion_tokens": dg.MetadataValue.int(cost["completion_tokens"]),
+            "cost_usd": dg.MetadataValue.float(round(cost["cost_usd"], 6)),
+            "seconds": dg.MetadataValue.float(round(stats.seconds, 2)),
+            "preview": dg.MetadataValue.md(preview_markdown(df, ["generation_id", "method", "instruction", "response"])),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+assets = [raw_generations]

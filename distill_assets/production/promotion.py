@@ -1,0 +1,281 @@
+"""The held-out gate: a new adapter is promoted only if it is not worse than the promoted one, and a failure is
+`resolved` once a promoted model passes it.
+
+`eval_gate` (checks/eval_gate.py) decides the absolute criteria (beats the base, meets transfer targets) and
+writes `model_versions.promoted`. `failure_resolution` runs after it in the same run (it depends on
+`eval_report`, whose gate check is blocking) and adds the relative criterion:
+
+- on the **held-out production failures**, the candidate's mean task score must be >= the promoted model's
+  minus `promotion_tolerance`. The promoted model's score on a failure is its own eval result when an earlier
+  eval covered it, else the score of the failure's `bad_output` (what the serving model actually answered);
+- on the **standard eval set** (source 'eval'), the same comparison over the examples both versions were
+  evaluated on.
+
+If the candidate is worse, its `model_versions.promoted` is set back to false with the reason appended, so the
+newest promoted row stays the model to serve. Every decision is kept in `promotion_decisions`.
+
+Resolution after a promotion: held-out failures whose candidate score reaches `failure_pass_score` move
+held_out -> resolved; training-side failures (in_training) are answered by the promoted merged model and scored
+the same way, since the eval set does not hold them.
+"""
+
+
+import json
+import math
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from distill_assets.production import HELD_OUT, HELDOUT_SPLIT, IN_TRAINING, RESOLVED
+from distill_assets.production.intake import set_status
+from distill_assets.tasks import TaskFile, load_tasks
+from resources.store import DuckDBStore, utcnow
+
+HELDOUT_SOURCE, EVAL_SOURCE = "production_heldout", "eval"
+MERGED = "merged_student"  # evaluation.metrics.MERGED, repeated to keep this module importable without torch
+
+PROMOTION_DECISIONS_DDL = """
+    CREATE TABLE IF NOT EXISTS promotion_decisions (
+        adapter_version VARCHAR PRIMARY KEY, baseline_version VARCHAR, gate_promoted BOOLEAN, promoted BOOLEAN,
+        heldout_n INTEGER, heldout_candidate DOUBLE, heldout_baseline DOUBLE, eval_n INTEGER,
+        eval_candidate DOUBLE, eval_baseline DOUBLE, reasons VARCHAR, resolved INTEGER, run_id VARCHAR,
+        decided_at TIMESTAMPTZ)"""
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _scores(df: pd.DataFrame | None, source: str, variant: str = MERGED) -> pd.Series:
+    """example_id -> score for one source, finite scores only (an infra error is unknown, not a 0)."""
+    if df is None or df.empty:
+        return pd.Series(dtype=float)
+    d = df[(df["source"] == source) & (df["variant"] == variant)] if "variant" in df.columns else df[
+        df["source"] == source]
+    d = d.loc[d["score"].map(_finite).astype(bool)]
+    return d.drop_duplicates("example_id", keep="last").set_index("example_id")["score"].astype(float)
+
+
+def compare_versions(candidate: pd.DataFrame, baseline: pd.DataFrame | None, tolerance: float = 0.0,
+                     variant: str = MERGED) -> dict:
+    """Pure: is the candidate not worse than the baseline on held-out failures and on the standard eval set?
+
+    Both frames are eval_results-like rows (example_id, variant, source, score); `baseline` may also hold
+    rows without `variant` (scores of failures' bad outputs). Only examples scored for both count. With no
+    baseline (nothing promoted yet) the candidate passes this criterion; the absolute gate still applies."""
+    out: dict[str, Any] = {"passed": True, "reasons": [], "baseline": baseline is not None and not baseline.empty}
+    for key, source in (("heldout", HELDOUT_SOURCE), ("eval", EVAL_SOURCE)):
+        c = _scores(candidate, source, variant)
+        b = _scores(baseline, source, variant)
+        common = c.index.intersection(b.index)
+        cm = float(c[common].mean()) if len(common) else None
+        bm = float(b[common].mean()) if len(common) else None
+        out[key] = {"n": int(len(common)), "candidate": cm, "baseline": bm}
+        if len(common) and cm < bm - tolerance:
+            out["passed"] = False
+            label = "held-out production failures" if key == "heldout" else "the standard eval set"
+            out["reasons"].append(f"worse than the promoted model on {label}: {cm:.3f} < {bm:.3f}"
+                                  + (f" - {tolerance:.3f}" if tolerance else "") + f" over {len(common)} examples")
+    return out
+
+
+def passed_failures(results: pd.DataFrame, failures: pd.DataFrame, tasks: TaskFile, variant: str = MERGED
+                    ) -> list[str]:
+    """Pure: failure ids whose score (by example id -> failure id map in `failures.example_id`) passes."""
+    if results.empty or failures.empty:
+        return []
+    r = results[results["variant"] == variant] if "variant" in results.columns else results
+    scores = r.drop_duplicates("example_id", keep="last").set_index("example_id")
+    out = []
+    for f in failures.itertuples(index=False):
+        if f.example_id not in scores.index:
+            continue
+        row = scores.loc[f.example_id]
+        status, score = row.get("task_status"), row.get("score")
+        if status == "pass" or (_finite(score) and float(score) >= tasks.category(f.category).failure_pass_score):
+            out.append(f.failure_id)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- wiring
+
+
+def heldout_map(store: DuckDBStore) -> pd.DataFrame:
+    """Held-out failures with the eval_set id they get (eval_set.eval_id of the input, source production_heldout)."""
+    from distill_assets.eval_set import eval_id
+
+    df = store.query_df(
+        "SELECT failure_id, category, input, bad_output, expected, status FROM production_failures WHERE split = ?",
+        [HELDOUT_SPLIT])
+    df["example_id"] = [eval_id(c, str(i), None, HELDOUT_SOURCE) for c, i in zip(df["category"], df["input"])]
+    return df
+
+
+def bad_output_scores(heldout: pd.DataFrame, tasks: TaskFile) -> pd.DataFrame:
+    """What the serving model scored on each held-out failure: its reported bad output, scored like an eval."""
+    from distill_assets.evaluation.metrics import score_response
+
+    rows = []
+    for f in heldout.itertuples(index=False):
+        c = tasks.category(f.category) if f.category in tasks.names else None
+        if c is None:
+            continue
+        s = score_response(c.verify, f.bad_output, reference=None, tests=None, entry_point=None,
+                           reference_response=f.expected, labels=c.labels)
+        rows.append({"example_id": f.example_id, "source": HELDOUT_SOURCE, "score": s["score"],
+                     "task_status": s["task_status"]})
+    return pd.DataFrame(rows, columns=["example_id", "source", "score", "task_status"])
+
+
+def _table(store: DuckDBStore, name: str) -> bool:
+    return store.table_exists(name)
+
+
+def promoted_baseline(store: DuckDBStore, candidate: str) -> str | None:
+    if not _table(store, "model_versions"):
+        return None
+    df = store.query_df(
+        "SELECT adapter_version FROM model_versions WHERE promoted AND adapter_version <> ? "
+        "ORDER BY decided_at DESC LIMIT 1", [candidate])
+    return None if df.empty else str(df.iloc[0]["adapter_version"])
+
+
+def latest_evaluated(store: DuckDBStore) -> str | None:
+    if not _table(store, "eval_summary"):
+        return None
+    df = store.query_df("SELECT adapter_version FROM eval_summary ORDER BY created_at DESC LIMIT 1")
+    return None if df.empty else str(df.iloc[0]["adapter_version"])
+
+
+def decide(store: DuckDBStore, candidate: str, tasks: TaskFile) -> dict:
+    """Load candidate and baseline results, compare, and return the decision (nothing written)."""
+    results = store.query_df("SELECT * FROM eval_results WHERE adapter_version = ?", [candidate])
+    gate = store.query_df("SELECT promoted FROM model_versions WHERE adapter_version = ?", [candidate]) \
+        if _table(store, "model_versions") else pd.DataFrame()
+    gate_promoted = bool(gate.iloc[0]["promoted"]) if not gate.empty else False
+    baseline_version = promoted_baseline(store, candidate)
+    heldout = heldout_map(store)
+    baseline = None
+    if baseline_version is not None:
+        base = store.query_df("SELECT * FROM eval_results WHERE adapter_version = ? AND variant = ?",
+                              [baseline_version, MERGED])
+        # failures the baseline was never evaluated on: score what it actually answered in production
+        missing = heldout[~heldout["example_id"].isin(base["example_id"])]
+        extra = bad_output_scores(missing, tasks).assign(variant=MERGED)
+        baseline = pd.concat([base, extra], ignore_index=True) if not extra.empty else base
+    tol = max((c.promotion_tolerance for c in tasks.categories), default=0.0)
+    cmp = compare_versions(results, baseline, tolerance=tol)
+    if not gate_promoted:
+        cmp["reasons"] = ["eval_gate did not promote it"] + cmp["reasons"]
+    return {"candidate": candidate, "baseline_version": baseline_version, "gate_promoted": gate_promoted,
+            "promoted": gate_promoted and cmp["passed"], "comparison": cmp, "results": results,
+            "heldout": heldout}
+
+
+def resolve_heldout(store: DuckDBStore, decision: dict, tasks: TaskFile) -> list[str]:
+    held = decision["heldout"]
+    held = held[held["status"] == HELD_OUT]
+    ids = passed_failures(decision["results"], held, tasks)
+    set_status(store, ids, RESOLVED, resolved_by=decision["candidate"])
+    return ids
+
+
+def resolve_trained(store: DuckDBStore, version: str, tasks: TaskFile, max_new_tokens: int,
+                    log=print) -> tuple[list[str], str | None]:
+    """Answer the in_training failures with the promoted merged model and resolve those it now passes."""
+    df = store.query_df("SELECT failure_id, category, input, expected FROM production_failures WHERE status = ?",
+                        [IN_TRAINING])
+    df = df[df["category"].isin(tasks.names)]
+    if df.empty:
+        return [], None
+    from distill_assets.evaluation import variants as vr
+    from distill_assets.evaluation.metrics import score_generations
+
+    spec = next((s for s in vr.discover_variants(store) if s.name == MERGED), None)
+    if spec is None or spec.skipped or not spec.path:
+        return [], f"skipped: no merged model to answer in_training failures ({spec.skipped if spec else 'none'})"
+    ev = pd.DataFrame({"eval_id": df["failure_id"], "category": df["category"], "prompt": df["input"],
+                       "difficulty": "medium", "reference": None, "tests": "[]", "entry_point": None,
+                       "reference_response": df["expected"], "source": "production_train"})
+    cats = {c.name: c for c in tasks.categories}
+    gens, eff = vr.run_variants([spec], vr.build_items(ev, cats), max_new_tokens=max_new_tokens,
+                                teacher_complete=None, teacher_price={}, usd_per_hour=0.0,
+                                threads=vr.default_threads(), log=log)
+    if gens.empty:
+        reason = eff.iloc[0].get("reason") if not eff.empty and "reason" in eff.columns else "no answers"
+        return [], str(reason)
+    scored = score_generations(ev, gens, cats)
+    ids = passed_failures(scored, df.assign(example_id=df["failure_id"]), tasks)
+    set_status(store, ids, RESOLVED, resolved_by=version)
+    return ids, None
+
+
+def record(store: DuckDBStore, decision: dict, resolved: int, run_id: str) -> None:
+    cmp = decision["comparison"]
+    with store.connect() as conn:
+        conn.execute(PROMOTION_DECISIONS_DDL)
+        conn.execute(
+            "INSERT OR REPLACE INTO promotion_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [decision["candidate"], decision["baseline_version"], decision["gate_promoted"], decision["promoted"],
+             cmp["heldout"]["n"], cmp["heldout"]["candidate"], cmp["heldout"]["baseline"], cmp["eval"]["n"],
+             cmp["eval"]["candidate"], cmp["eval"]["baseline"], json.dumps(cmp["reasons"]), resolved, run_id,
+             utcnow()])
+        if decision["gate_promoted"] and not decision["promoted"]:
+            # the absolute gate passed but the candidate regressed: the previous promoted model keeps serving
+            row = conn.execute("SELECT reasons FROM model_versions WHERE adapter_version = ?",
+                               [decision["candidate"]]).fetchall()
+            reasons = json.loads(row[0][0]) if row and row[0][0] else []
+            conn.execute("UPDATE model_versions SET promoted = false, reasons = ? WHERE adapter_version = ?",
+                         [json.dumps(reasons + cmp["reasons"]), decision["candidate"]])
+
+
+class FailureResolutionConfig(dg.Config):
+    max_new_tokens: int = Field(default=256, ge=1, description="answer budget for in_training failures")
+    answer_trained_failures: bool = Field(default=True, description="run the promoted model on in_training ones")
+
+
+@dg.asset(
+    group_name="production",
+    kinds={"duckdb", "python"},
+    deps=["eval_report"],
+    code_version="failure-resolution-v1",
+    description="Held-out gate vs the promoted model (held-out failures + standard eval set), then resolves the "
+                "failures a newly promoted model passes.",
+)
+def failure_resolution(context: dg.AssetExecutionContext, config: FailureResolutionConfig,
+                       store: DuckDBStore) -> dg.MaterializeResult:
+    tasks = load_tasks()
+    candidate = latest_evaluated(store)
+    if candidate is None:
+        raise dg.Failure("no eval_summary rows: materialize eval_report first")
+    decision = decide(store, candidate, tasks)
+    resolved: list[str] = []
+    note = None
+    if decision["promoted"]:
+        resolved = resolve_heldout(store, decision, tasks)
+        if config.answer_trained_failures:
+            more, note = resolve_trained(store, candidate, tasks, config.max_new_tokens, log=context.log.info)
+            resolved += more
+    record(store, decision, len(resolved), context.run.run_id)
+    cmp = decision["comparison"]
+    counts = store.query_df("SELECT status, count(*) AS n FROM production_failures GROUP BY status")
+    return dg.MaterializeResult(metadata={
+        "adapter_version": candidate,
+        "baseline_version": decision["baseline_version"] or "none (first promotion)",
+        "gate_promoted": decision["gate_promoted"],
+        "promoted": decision["promoted"],
+        "heldout": dg.MetadataValue.json(cmp["heldout"]),
+        "eval": dg.MetadataValue.json(cmp["eval"]),
+        "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in cmp["reasons"]) or "not worse on either set"),
+        "resolved": len(resolved),
+        "in_training_note": note or "",
+        "failure_status": dg.MetadataValue.json({r["status"]: int(r["n"]) for r in counts.to_dict("records")}),
+    })
+
+
+assets = [failure_resolution]

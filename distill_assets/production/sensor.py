@@ -1,0 +1,224 @@
+"""The production-failure sensor: ingest the drop folder, then request a targeted retrain per category.
+
+Per tick:
+1. every finished `*.jsonl`/`*.csv` in the drop folder is ingested and moved to `processed/`;
+2. for each category, the failures ingested after the cursor that are still untrained (pending or held out)
+   form a candidate batch; it fires when it holds at least `retrain_min_failures` pending failures, or when
+   its oldest pending failure was ingested more than `retrain_max_wait_s` ago (both per category in the task
+   file, overridable when building the sensor);
+3. a fired batch gets `batch_key` = category + hash of its failure ids. That key is the run_key, so one batch
+   is one run, and it is written to `failure_batches` and to each failure *before* the cursor moves. If a
+   tick's cursor write is lost, the next tick finds the same batch by its key and asks for the same run_key,
+   which Dagster drops as a duplicate: re-evaluation never adds a run;
+4. each RunRequest targets exactly one category partition of `production_retrain_job`. All batches of one
+   tick share a wave tag; `production_train_sensor` starts the (unpartitioned) training/eval job once every
+   run of the wave has succeeded.
+
+The cursor is JSON `{category: last ingest_seq consumed}`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+import dagster as dg
+import pandas as pd
+
+from distill_assets.ids import content_hash
+from distill_assets.production import HELD_OUT, PENDING, production_settings
+from distill_assets.production.intake import ingest_drop_folder
+from distill_assets.production.jobs import (
+    TAG_BATCH, TAG_CATEGORY, TAG_TRIGGER, TAG_WAVE, TAG_WAVE_SIZE, production_retrain_job, production_train_job,
+    train_run_request,
+)
+from distill_assets.tasks import TaskFile, load_tasks
+from resources.store import DuckDBStore, utcnow
+
+SENSOR_NAME = "production_failure_sensor"
+
+FAILURE_BATCHES_DDL = """
+    CREATE TABLE IF NOT EXISTS failure_batches (
+        batch_key VARCHAR PRIMARY KEY, wave VARCHAR, wave_size INTEGER, category VARCHAR, failure_ids VARCHAR,
+        pending INTEGER, held_out INTEGER, max_seq BIGINT, reason VARCHAR, created_at TIMESTAMPTZ)"""
+
+
+@dataclass(frozen=True)
+class Batch:
+    category: str
+    batch_key: str
+    failure_ids: tuple[str, ...]
+    pending: int
+    held_out: int
+    max_seq: int
+    reason: str  # min_failures | max_wait | resumed
+    wave: str = ""
+    wave_size: int = 0
+
+
+@dataclass
+class Plan:
+    batches: list[Batch]
+    cursor: dict[str, int]
+    waiting: dict[str, str] = field(default_factory=dict)  # category -> why it did not fire
+
+
+def parse_cursor(cursor: str | None) -> dict[str, int]:
+    if not cursor:
+        return {}
+    try:
+        data = json.loads(cursor)
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def batch_key(category: str, failure_ids: list[str]) -> str:
+    return f"{category}-{content_hash('failure-batch', category, sorted(failure_ids))}"
+
+
+def plan_batches(store: DuckDBStore, cursor: dict[str, int], now: datetime, tasks: TaskFile,
+                 min_failures: int | None = None, max_wait_s: float | None = None) -> Plan:
+    """Decide which categories fire, record the new batches, and return the next cursor.
+
+    Recording happens in one transaction; the same inputs always give the same batch keys."""
+    plan = Plan(batches=[], cursor=dict(cursor))
+    fresh: list[Batch] = []
+    with store.connect() as conn:
+        conn.execute(FAILURE_BATCHES_DDL)
+        rows = conn.execute(
+            """SELECT failure_id, category, status, ingest_seq, ingested_at, batch_key FROM production_failures
+               ORDER BY ingest_seq"""
+        ).df()
+        for cat in tasks.names:
+            c = tasks.category(cat)
+            after = int(cursor.get(cat, 0))
+            new = rows[(rows["category"] == cat) & (rows["ingest_seq"] > after)]
+            # batches recorded by an earlier evaluation whose cursor never got saved: ask again, same key
+            seen = new[new["batch_key"].notna()]
+            if not seen.empty:
+                stored = conn.execute(
+                    "SELECT * FROM failure_batches WHERE list_contains(?, batch_key) ORDER BY max_seq",
+                    [sorted(seen["batch_key"].unique().tolist())],
+                ).df()
+                for _, b in stored.iterrows():
+                    plan.batches.append(Batch(cat, b["batch_key"], tuple(json.loads(b["failure_ids"])),
+                                              int(b["pending"]), int(b["held_out"]), int(b["max_seq"]),
+                                              "resumed", b["wave"], int(b["wave_size"])))
+                    plan.cursor[cat] = max(plan.cursor.get(cat, 0), int(b["max_seq"]))
+                continue  # fresh failures of this category wait for the next tick, in their own wave
+            todo = new[new["batch_key"].isna() & new["status"].isin([PENDING, HELD_OUT])]
+            pending = todo[todo["status"] == PENDING]
+            need = min_failures if min_failures is not None else c.retrain_min_failures
+            wait = max_wait_s if max_wait_s is not None else c.retrain_max_wait_s
+            if pending.empty:
+                plan.waiting[cat] = "no new pending failures"
+                continue
+            oldest = pd.Timestamp(pending["ingested_at"].min())
+            age = (pd.Timestamp(now) - oldest).total_seconds()
+            if len(pending) >= need:
+                reason = "min_failures"
+            elif age >= wait:
+                reason = "max_wait"
+            else:
+                plan.waiting[cat] = (f"{len(pending)}/{need} pending failures; oldest waited {age:.0f}s "
+                                     f"of {wait:.0f}s")
+                continue
+            ids = todo["failure_id"].tolist()
+            fresh.append(Batch(cat, batch_key(cat, ids), tuple(ids), int(len(pending)),
+                               int((todo["status"] == HELD_OUT).sum()), int(todo["ingest_seq"].max()), reason))
+        if fresh:
+            wave = "w-" + content_hash("wave", sorted(b.batch_key for b in fresh))
+            fresh = [Batch(**{**b.__dict__, "wave": wave, "wave_size": len(fresh)}) for b in fresh]
+            for b in fresh:
+                conn.execute(
+                    "INSERT OR IGNORE INTO failure_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [b.batch_key, b.wave, b.wave_size, b.category, json.dumps(list(b.failure_ids)), b.pending,
+                     b.held_out, b.max_seq, b.reason, now],
+                )
+                conn.execute(
+                    """UPDATE production_failures SET batch_key = ?, updated_at = ?
+                       WHERE list_contains(?, failure_id) AND batch_key IS NULL""",
+                    [b.batch_key, now, list(b.failure_ids)],
+                )
+                plan.cursor[b.category] = max(plan.cursor.get(b.category, 0), b.max_seq)
+            plan.batches.extend(fresh)
+    return plan
+
+
+def run_request(b: Batch) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=b.batch_key,
+        partition_key=b.category,
+        tags={TAG_BATCH: b.batch_key, TAG_CATEGORY: b.category, TAG_WAVE: b.wave,
+              TAG_WAVE_SIZE: str(b.wave_size), TAG_TRIGGER: b.reason},
+    )
+
+
+def build_production_failure_sensor(
+    name: str = SENSOR_NAME,
+    *,
+    min_failures: int | None = None,
+    max_wait_s: float | None = None,
+    drop_folder: str | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    minimum_interval_seconds: int | None = None,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """The sensor, with optional overrides of the task file's thresholds (tests, or one global policy)."""
+
+    @dg.sensor(
+        name=name,
+        job=production_retrain_job,
+        minimum_interval_seconds=minimum_interval_seconds or production_settings().sensor_interval_s,
+        default_status=default_status,
+        description="Ingests the failure drop folder and requests a retrain of only the categories whose "
+                    "failures reached the threshold or waited too long. One run per failure batch.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, store: DuckDBStore) -> dg.SensorResult:
+        tasks = load_tasks()
+        folder = drop_folder or str(production_settings().failures_dir)
+        for r in ingest_drop_folder(store, folder, tasks=tasks):
+            context.log.info(f"ingested {r.source}: {r.inserted} new, {r.duplicates} duplicate, "
+                             f"{r.rejected} rejected")
+        plan = plan_batches(store, parse_cursor(context.cursor), clock(), tasks, min_failures, max_wait_s)
+        cursor = json.dumps(plan.cursor, sort_keys=True)
+        if not plan.batches:
+            detail = "; ".join(f"{k}: {v}" for k, v in plan.waiting.items()) or "no categories"
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"no batch ready ({detail})"), cursor=cursor)
+        return dg.SensorResult(run_requests=[run_request(b) for b in plan.batches], cursor=cursor)
+
+    return _sensor
+
+
+production_failure_sensor = build_production_failure_sensor()
+
+
+def wave_complete(instance: dg.DagsterInstance, wave: str, size: int) -> bool:
+    """True once every batch of the wave has a successful retrain run (re-executions count)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={TAG_WAVE: wave}, statuses=[dg.DagsterRunStatus.SUCCESS]))
+    done = {r.tags.get(TAG_BATCH) for r in runs if r.job_name == production_retrain_job.name}
+    return len(done - {None}) >= size
+
+
+@dg.run_status_sensor(
+    name="production_train_sensor",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[production_retrain_job],
+    request_job=production_train_job,
+    description="After every category run of a failure wave succeeded, retrain the adapter and evaluate it "
+                "(one run per wave).",
+)
+def production_train_sensor(context: dg.RunStatusSensorContext):
+    tags = context.dagster_run.tags
+    wave = tags.get(TAG_WAVE)
+    if not wave:
+        return dg.SkipReason("not a production-failure run (a manual backfill); training is not automatic")
+    if not wave_complete(context.instance, wave, int(tags.get(TAG_WAVE_SIZE) or 1)):
+        return dg.SkipReason(f"wave {wave}: waiting for its other category runs")
+    return train_run_request(context.instance, wave)
+
+
+sensors = [production_failure_sensor, production_train_sensor]

@@ -1,0 +1,184 @@
+"""A local OpenAI-compatible chat-completions server over real HTTP, for tests and benchmarks only.
+
+It injects the faults a real deployment shows: 429 with Retry-After, 500/503, hangs past the client timeout,
+connection resets, malformed JSON and empty content. It counts requests per request body, so tests can prove
+that nothing is asked twice. Plain asyncio (no framework) so it can sustain hundreds of requests/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+FAULTS = ("429", "500", "hang", "reset", "malformed", "empty")
+
+
+def default_responder(body: dict) -> str:
+    user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+    return (f"Here is a careful and complete answer to your request ({digest}). "
+            f"You asked: {user[:120]}. First, consider the details. Second, apply them step by step. "
+            "Therefore, the answer is: 42")
+
+
+@dataclass
+class FakeOpenAIServer:
+    latency_s: float = 0.0
+    fault_rate: float = 0.0
+    faults: tuple = FAULTS
+    retry_after_s: float = 0.05
+    hang_s: float = 30.0
+    responder: Callable[[dict], str] = default_responder
+    seed: int = 0
+    model: str = "fake-teacher"
+    host: str = "127.0.0.1"
+    port: int = 0
+    # observations
+    requests: Counter = field(default_factory=Counter)  # body hash -> count (every attempt)
+    answered: Counter = field(default_factory=Counter)  # body hash -> count of 200 OK with content
+    faults_sent: Counter = field(default_factory=Counter)
+    total: int = 0
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # lifecycle -----------------------------------------------------------------------------------------------
+    def start(self) -> "FakeOpenAIServer":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, self.port,
+                                                                          backlog=1024))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._server.close()
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    # protocol ------------------------------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+                n = int(headers.get("content-length", "0"))
+                raw = await reader.readexactly(n) if n else b""
+                if not await self._respond(method, path, raw, writer):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    def _send(self, writer, status: int, body: bytes, extra: dict | None = None) -> None:
+        reason = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}.get(status, "X")
+        hdr = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
+               "connection: keep-alive"]
+        hdr += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        writer.write(("\r\n".join(hdr) + "\r\n\r\n").encode() + body)
+
+    async def _respond(self, method: str, path: str, raw: bytes, writer) -> bool:
+        if method == "GET" and path == "/v1/models":
+            self._send(writer, 200, json.dumps({"object": "list", "data": [{"id": self.model}]}).encode())
+            await writer.drain()
+            return True
+        if path != "/v1/chat/completions":
+            self._send(writer, 404, b'{"error": "not found"}')
+            await writer.drain()
+            return True
+        body = json.loads(raw or b"{}")
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        with self._lock:
+            self.total += 1
+            self.requests[key] += 1
+            fault = self._rng.choice(self.faults) if self._rng.random() < self.fault_rate else None
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if fault:
+            self.faults_sent[fault] += 1
+        if fault == "429":
+            self._send(writer, 429, b'{"error": {"message": "rate limited"}}', {"retry-after": str(self.retry_after_s)})
+        elif fault == "500":
+            self._send(writer, 500, b'{"error": {"message": "boom"}}')
+        elif fault == "hang":
+            await asyncio.sleep(self.hang_s)
+            return False
+        elif fault == "reset":
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                import socket
+                import struct
+
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
+        elif fault == "malformed":
+            self._send(writer, 200, b'{"id": "x", "choices": [{"message": {"content": "trunc')
+        else:
+            content = "" if fault == "empty" else self.responder(body)
+            if content:
+                with self._lock:
+                    self.answered[key] += 1
+            pt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+            resp = {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model", self.model),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": pt, "completion_tokens": len(content.split()),
+                          "total_tokens": pt + len(content.split())},
+            }
+            self._send(writer, 200, json.dumps(resp).encode())
+        await writer.drain()
+        return True
+
+    # assertions helpers --------------------------------------------------------------------------------------
+    def repeated_answers(self) -> int:
+        """Bodies that were successfully answered more than once (a paid call made twice)."""
+        return sum(c - 1 for c in self.answered.values() if c > 1)
