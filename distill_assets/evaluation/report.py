@@ -346,6 +346,10 @@ def _plots(summary: pd.DataFrame, strata: dict[str, pd.DataFrame], efficiency: p
     return out
 
 
+_INT_COLS = {"n", "n_task", "n_judged", "n_scored", "n_pairs", "n_valid", "wins", "ties", "losses", "requests",
+             "errors", "unparseable", "judge_errors", "base_unparseable", "infra_errors", "count"}
+
+
 def _table(df: pd.DataFrame, pct_cols: tuple = (), max_rows: int | None = None) -> str:
     if df is None or df.empty:
         return "<p><em>(none)</em></p>"
@@ -355,6 +359,8 @@ def _table(df: pd.DataFrame, pct_cols: tuple = (), max_rows: int | None = None) 
     for r in d.itertuples(index=False):
         cells = []
         for c, v in zip(d.columns, r):
+            if c in _INT_COLS and isinstance(v, (float, np.floating)) and not math.isnan(v):
+                v = int(v)
             cells.append(f"<td>{html.escape(fmt(v, pct=c in pct_cols))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -450,7 +456,12 @@ def render_html(*, results: pd.DataFrame, summary: pd.DataFrame, efficiency: pd.
                  f"$/1M tokens ({html.escape(str(teacher_price.get('source')))}); local variants: "
                  f"{fmt((config or {}).get('hardware_usd_per_hour'), digits=3)} $/hour of hardware ÷ measured "
                  "generated tokens/s.</p>")
-    parts.append(_table(efficiency))
+    eff_view = efficiency.copy()
+    if "size_bytes" in eff_view.columns:
+        eff_view.insert(eff_view.columns.get_loc("size_bytes"), "size_mb",
+                        pd.to_numeric(eff_view["size_bytes"], errors="coerce") / 1e6)
+        eff_view = eff_view.drop(columns="size_bytes")
+    parts.append(_table(eff_view))
     if "efficiency" in plots:
         parts.append(f"<img src='{plots['efficiency']}'>")
     parts.append("<h2>Trend vs previous adapter versions</h2>" + _table(trend))

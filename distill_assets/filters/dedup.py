@@ -305,14 +305,14 @@ def load_prior(conn, category: str, model: str) -> PriorIndex:
     conn.execute(INDEX_DDL)
     if not table_exists(conn, "embeddings"):
         return PriorIndex()
-    tbl = conn.execute(
+    res = conn.execute(
         """SELECT d.example_id, d.category, d.kind, d.exact_hash, d.response_norm_hash, e.vector
            FROM dedup_index d JOIN embeddings e ON e.model = d.model AND e.text_hash = d.vec_hash
            WHERE d.category <> ? AND d.model = ? ORDER BY d.category, d.created_at, d.example_id""",
         [category, model],
-    ).arrow()
-    if hasattr(tbl, "read_all"):
-        tbl = tbl.read_all()
+    )
+    to_arrow = getattr(res, "to_arrow_table", None) or getattr(res, "fetch_arrow_table")  # duckdb 2.x / 1.x
+    tbl = to_arrow()
     if tbl.num_rows == 0:
         return PriorIndex()
     import pyarrow.compute as pc

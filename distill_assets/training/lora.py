@@ -238,7 +238,7 @@ def build_sft_config(plan: TrainPlan, output_dir: Path, **overrides):
         disable_tqdm=True,
         bf16=plan.bf16,
         fp16=False,
-        gradient_checkpointing=plan.gradient_checkpointing,
+        activation_checkpointing=plan.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
         seed=plan.seed,
         data_seed=plan.seed,
         dataloader_pin_memory=plan.device == "cuda",

@@ -3,12 +3,10 @@ judge, and a tiny random-init 2-layer Llama (SmolLM2 tokenizer) as base and merg
 numbers must equal what went to eval_results."""
 
 import json
-import os
 import re
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -182,3 +182,35 @@ class FakeOpenAIServer:
     def repeated_answers(self) -> int:
         """Bodies that were successfully answered more than once (a paid call made twice)."""
         return sum(c - 1 for c in self.answered.values() if c > 1)
+
+
+def serve_in_subprocess(latency_s: float = 0.0, fault_rate: float = 0.0):
+    """Start the fake server in its own process (so it does not share the client's GIL); returns (proc, url)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_server", "--latency", str(latency_s), "--fault-rate",
+         str(fault_rate)],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True,
+    )
+    url = proc.stdout.readline().strip()
+    return proc, url
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="fault-injecting OpenAI-compatible test server")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--fault-rate", type=float, default=0.0)
+    a = ap.parse_args()
+    srv = FakeOpenAIServer(latency_s=a.latency, fault_rate=a.fault_rate, port=a.port).start()
+    print(srv.base_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        srv.stop()

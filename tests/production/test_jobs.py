@@ -26,8 +26,9 @@ def _standins():
     return out
 
 
-def test_jobs_select_exactly_their_assets():
-    defs = dg.Definitions(assets=[*_standins(), *promotion.assets], jobs=jobs.jobs, sensors=sensor.sensors)
+def test_jobs_select_exactly_their_assets(store):
+    defs = dg.Definitions(assets=[*_standins(), *promotion.assets], jobs=jobs.jobs, sensors=sensor.sensors,
+                          resources={"store": store})
     retrain = defs.resolve_job_def("production_retrain_job")
     train = defs.resolve_job_def("production_train_job")
     assert {k.to_user_string() for k in retrain.asset_layer.selected_asset_keys} == set(jobs.CATEGORY_ASSETS)

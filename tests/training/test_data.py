@@ -48,15 +48,14 @@ def test_loss_only_on_assistant_tokens(tiny, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(tiny["base"]))
     tr, va, _ = split_dataset(clean_frame(1))
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in tr])
-    trainer = SFTTrainer(model=load_student(tiny["base"], plan), args=build_sft_config(plan, tmp_path),
+    trainer = SFTTrainer(model=load_student(tiny["base"], plan), args=build_sft_config(plan, tmp_path, eval_strategy="no"),
                          train_dataset=ds, processing_class=tok,
                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(tr))])
     for row, (ids, labels) in enumerate(zip(batch["input_ids"].tolist(), batch["labels"].tolist())):
         answer = tr[row]["completion"][0]["content"]
-        prompt_ids = tok.apply_chat_template(tr[row]["prompt"], tokenize=True, add_generation_prompt=True)
-        if isinstance(prompt_ids, dict):
-            prompt_ids = prompt_ids["input_ids"]
+        prompt_text = tok.apply_chat_template(tr[row]["prompt"], tokenize=False, add_generation_prompt=True)
+        prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
         n_prompt = len(prompt_ids)
         assert ids[:n_prompt] == list(prompt_ids)
         assert all(lab == -100 for lab in labels[:n_prompt]), "system/user/header tokens must be masked"

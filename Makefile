@@ -1,0 +1,24 @@
+# The README's two commands. Each does its own set-up from scratch (scripts/setup.sh is idempotent).
+.PHONY: setup quickstart test test-all ui
+
+setup:
+	scripts/setup.sh
+
+# Installs, then materializes the whole graph on the embedded defaults (teacher, judge, student: SmolLM2-135M).
+quickstart:
+	scripts/setup.sh
+	.venv/bin/distill quickstart
+
+# Installs (incl. Debian chromium for the UI test), then runs the test suite CI runs.
+test:
+	scripts/setup.sh browser
+	.venv/bin/python -m pytest -m "not slow" -q
+
+# Everything, including the slow real-model tests.
+test-all:
+	scripts/setup.sh browser
+	.venv/bin/python -m pytest -q
+
+ui:
+	scripts/setup.sh
+	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/.distill/dagster_home} .venv/bin/dagster dev -w workspace.yaml

@@ -1,0 +1,278 @@
+"""The Dagster UI as a user sees it, in headless Debian Chromium driven by Playwright.
+
+`dagster dev` runs on loopback with a fresh DAGSTER_HOME (telemetry off: there is no network) and a fresh
+DISTILL_HOME; the teacher is the fake OpenAI server started here, so generation takes seconds. The test
+materializes seed_prompts and raw_generations for one partition through clicks in the asset catalog, waits for
+the run to succeed in the Runs page, then opens the asset and reads its metadata and check results.
+Screenshots land in test-artifacts/ui/ (git-ignored; CI keeps them as artifacts).
+
+Needs /usr/bin/chromium (`apt-get install -y chromium`) and the playwright package (`pip install playwright`;
+never `playwright install`: its browser download fails on a closed network).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "ui"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PARTITION = os.environ.get("DISTILL_UI_TEST_PARTITION", "support")
+ASSETS = ("seed_prompts", "raw_generations")
+STARTUP_TIMEOUT_S = 240  # 2 shared cores: the webserver, daemon and code server import dagster and torch
+RUN_TIMEOUT_S = 420
+
+if not CHROMIUM.exists():
+    pytest.skip("needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install playwright)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not up after {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+def _graphql(base: str, query: str) -> dict:
+    import json
+
+    req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    # dagster dev owns a process group (webserver, daemon, code servers); end that group, and only it.
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def fake_teacher():
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    # Bound on 127.0.0.1 in this process; the URL is visible to dagster's subprocesses on loopback.
+    with FakeOpenAIServer(latency_s=0.01) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(tmp_path_factory, fake_teacher):
+    root = tmp_path_factory.mktemp("ui")
+    dagster_home, distill_home = root / "dagster_home", root / "distill_home"
+    dagster_home.mkdir()
+    distill_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "DISTILL_HOME": str(distill_home),
+           "TEACHER_BASE_URL": fake_teacher.base_url, "TEACHER_MODEL": fake_teacher.model,
+           "TEACHER_API_KEY": "test", "PYTHONUNBUFFERED": "1"}
+    for k in ("JUDGE_BASE_URL", "JUDGE_MODEL", "JUDGE_API_KEY"):
+        env.pop(k, None)
+    log = root / "dagster-dev.log"
+    dagster = Path(sys.executable).with_name("dagster")
+    cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(REPO / "workspace.yaml"),
+           "-h", "127.0.0.1", "-p", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/server_info", proc, log, STARTUP_TIMEOUT_S)
+        # The webserver answers before the code location has loaded; wait until the graph is served.
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            data = _graphql(base, "{ assetNodes { assetKey { path } } }")
+            keys = {"/".join(n["assetKey"]["path"]) for n in (data.get("data") or {}).get("assetNodes") or []}
+            if set(ASSETS) <= keys:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"code location has no {ASSETS} after {STARTUP_TIMEOUT_S}s: {data}\n"
+                                   f"{log.read_text()[-4000:]}")
+            time.sleep(2)
+        yield {"base": base, "log": log, "distill_home": distill_home, "keys": keys, "env": env}
+    finally:
+        _stop(proc)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, ARTIFACTS / "dagster-dev.log")
+
+
+@pytest.fixture(scope="module")
+def page(dagster_ui):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        context.set_default_timeout(60_000)
+        pg = context.new_page()
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _dismiss_community_dialog(page) -> None:
+    # First visit on a fresh instance: "Join the Dagster community" covers the page; a user clicks Skip.
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(state="visible", timeout=15_000)
+    except sync_api.TimeoutError:
+        return
+    _shot(page, "00-community-dialog")
+    skip.click()
+    skip.wait_for(state="hidden")
+
+
+_CHECKS: dict[str, list[str]] = {}
+
+
+def _load_checks(base: str) -> None:
+    q = "{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name } } } } }"
+    data = _graphql(base, q).get("data") or {}
+    for n in data.get("assetNodes") or []:
+        key = "/".join(n["assetKey"]["path"])
+        checks = (n.get("assetChecksOrError") or {}).get("checks") or []
+        _CHECKS[key] = [c["name"] for c in checks]
+
+
+def test_asset_graph_shows_assets_and_groups(dagster_ui, page):
+    page.goto(f"{dagster_ui['base']}/asset-groups", wait_until="domcontentloaded")
+    _dismiss_community_dialog(page)
+    # The global lineage starts with groups collapsed: the sidebar lists the groups, the graph shows group boxes.
+    for group in ("seeds", "generation"):
+        sync_api.expect(page.get_by_text(group, exact=True).first).to_be_visible()
+    _shot(page, "01-global-lineage-groups")
+    # Expanding a group in the sidebar tree shows its assets.
+    page.get_by_text("generation", exact=True).first.click()
+    page.get_by_text("seeds", exact=True).first.click()
+    page.goto(f"{dagster_ui['base']}/assets", wait_until="domcontentloaded")
+    _dismiss_community_dialog(page)
+    for asset in ASSETS:
+        row = page.locator("div[class*=VirtualizedTable_row]", has=page.get_by_text(asset, exact=True))
+        sync_api.expect(row).to_be_visible()
+    sync_api.expect(page.get_by_text("seeds", exact=True).first).to_be_visible()
+    sync_api.expect(page.get_by_text("generation", exact=True).first).to_be_visible()
+    _shot(page, "02-asset-catalog")
+    # Every asset in the catalog carries a description (the row's second line).
+    for asset in ASSETS:
+        row = page.locator("div[class*=VirtualizedTable_row]", has=page.get_by_text(asset, exact=True))
+        assert len(row.inner_text().strip().splitlines()) >= 2, f"{asset} shows no description in the catalog"
+
+
+def test_materialize_from_ui_and_inspect(dagster_ui, page):
+    base = dagster_ui["base"]
+    _load_checks(base)
+    page.goto(f"{base}/assets", wait_until="domcontentloaded")
+    _dismiss_community_dialog(page)
+    for asset in ASSETS:
+        row = page.locator("div[class*=VirtualizedTable_row]", has=page.get_by_text(asset, exact=True))
+        row.locator("label[class*=Checkbox]").first.click()
+    page.get_by_role("button", name=re.compile(r"Materialize selected")).click()
+    dialog = page.get_by_role("dialog").first
+    sync_api.expect(dialog.get_by_text("Launch runs to materialize 2 assets")).to_be_visible()
+    dialog.get_by_text("Select a partition or create one").click()
+    page.get_by_role("checkbox", name=PARTITION, exact=True).locator("xpath=ancestor::label[1]").click()
+    page.keyboard.press("Escape")  # close the partition picker, not the dialog
+    sync_api.expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+    _shot(page, "03-launch-dialog-one-partition")
+    dialog.get_by_role("button", name=re.compile(r"^Launch 1 run$")).click()
+    sync_api.expect(page.get_by_role("dialog")).to_have_count(0)
+
+    # Follow the run in the Runs page, as a user would, until it succeeds (or fails: then say why).
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    status = None
+    while time.monotonic() < deadline:
+        page.goto(f"{base}/runs", wait_until="domcontentloaded")
+        page.wait_for_timeout(3000)
+        text = page.inner_text("body")
+        if re.search(r"\bSuccess\b", text):
+            status = "Success"
+            break
+        if re.search(r"\bFailure\b", text):
+            status = "Failure"
+            break
+        time.sleep(5)
+    _shot(page, "04-runs")
+    if status != "Success":
+        log = dagster_ui["log"].read_text()[-3000:]
+        pytest.fail(f"run did not succeed from the UI (status {status}); dagster dev log tail:\n{log}")
+
+    # Open the run: both assets' steps are there.
+    page.locator("a[href^='/runs/']").filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.click()
+    for asset in ASSETS:
+        sync_api.expect(page.get_by_text(asset).first).to_be_visible()
+    page.wait_for_timeout(2000)
+    _shot(page, "05-run-detail")
+
+    # The asset page shows the materialization's metadata for the partition.
+    for asset in ASSETS:
+        page.goto(f"{base}/assets/{asset}?partition={PARTITION}", wait_until="domcontentloaded")
+        sync_api.expect(page.get_by_text("rows", exact=True).first).to_be_visible(timeout=60_000)
+        sync_api.expect(page.get_by_text(PARTITION).first).to_be_visible()
+        page.wait_for_timeout(1500)
+        _shot(page, f"06-{asset}-overview")
+        checks = _CHECKS.get(asset, [])
+        if not checks:
+            continue
+        page.goto(f"{base}/assets/{asset}?view=checks", wait_until="domcontentloaded")
+        for name in checks:
+            sync_api.expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=60_000)
+        body = page.inner_text("body")
+        assert re.search(r"\b(Passed|Failed|Warning)\b", body), f"{asset}: no check result shown:\n{body[-1500:]}"
+        page.wait_for_timeout(1000)
+        _shot(page, f"07-{asset}-checks")
+
+    # The raw_generations metadata is what a user wants: rows, tokens, cost, a preview.
+    page.goto(f"{base}/assets/raw_generations?partition={PARTITION}", wait_until="domcontentloaded")
+    body = page.get_by_text("rows", exact=True).first
+    sync_api.expect(body).to_be_visible(timeout=60_000)
+    text = page.inner_text("body")
+    for label in ("cost_usd", "preview"):
+        if label not in text:
+            pytest.fail(f"raw_generations overview lacks the {label!r} metadata entry")
