@@ -7,7 +7,9 @@
   changes some argmaxes, more at 4 bits), identical tokenization, and the file's sha256 unchanged since export.
 """
 
+import json
 import math
+import os
 
 import dagster as dg
 
@@ -18,15 +20,31 @@ from distill_assets.training.student import latest_artifact
 from resources.store import DuckDBStore
 
 MERGE_MAX_ABS_DIFF = 1e-3
+# Measured on SmolLM2-135M (merged after a short LoRA run), 5 prompts / 233 tokens:
+#   f16 top-1 0.996, ppl ratio 1.001; q8_0 0.961, 1.001; q4_k_m 0.880, 1.076. Thresholds leave margin for
+#   other students; a broken export (shuffled embeddings, wrong tokenizer) lands far below.
 GGUF_THRESHOLDS: dict[str, dict[str, float]] = {
     "f16": {"min_top1": 0.97, "max_ppl_ratio": 1.02, "min_tokenizer_match": 1.0},
     "q8_0": {"min_top1": 0.90, "max_ppl_ratio": 1.05, "min_tokenizer_match": 1.0},
-    "q4_k_m": {"min_top1": 0.60, "max_ppl_ratio": 1.30, "min_tokenizer_match": 1.0},
+    "q4_k_m": {"min_top1": 0.70, "max_ppl_ratio": 1.25, "min_tokenizer_match": 1.0},
 }
 
 
-def evaluate_gguf_report(report: dict, thresholds: dict = GGUF_THRESHOLDS) -> tuple[bool, list[dict]]:
+def gguf_thresholds() -> dict:
+    """GGUF_THRESHOLDS, with per-quant overrides from env DISTILL_GGUF_PARITY_THRESHOLDS (JSON), e.g.
+    '{"q4_k_m": {"min_top1": 0.8}}' for a student whose 4-bit export should be held to a stricter bar."""
+    merged = {k: dict(v) for k, v in GGUF_THRESHOLDS.items()}
+    raw = os.environ.get("DISTILL_GGUF_PARITY_THRESHOLDS")
+    if raw:
+        for quant, values in json.loads(raw).items():
+            merged.setdefault(quant, {"min_top1": 1.0, "max_ppl_ratio": 1.0, "min_tokenizer_match": 1.0})
+            merged[quant].update(values)
+    return merged
+
+
+def evaluate_gguf_report(report: dict, thresholds: dict | None = None) -> tuple[bool, list[dict]]:
     """Apply per-quant thresholds to `gguf_parity_report` output; every quant must pass."""
+    thresholds = thresholds or gguf_thresholds()
     rows, ok = [], True
     for quant, m in report.items():
         th = thresholds.get(quant)
@@ -98,7 +116,7 @@ def gguf_parity(store: DuckDBStore) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=passed,
         metadata={"parity": dg.MetadataValue.md("\n".join(table)), "report": dg.MetadataValue.json(report),
-                  "thresholds": dg.MetadataValue.json(GGUF_THRESHOLDS), "merged": merged["artifact_id"]},
+                  "thresholds": dg.MetadataValue.json(gguf_thresholds()), "merged": merged["artifact_id"]},
     )
 
 

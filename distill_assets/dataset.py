@@ -145,13 +145,13 @@ def export_dataset(df: pd.DataFrame, out_dir: Path, version: str) -> dict[str, P
 def combined_dataset(store: DuckDBStore, categories: list[str] | None = None) -> pd.DataFrame:
     """Every category's clean_dataset rows (the table the IO manager wrote), for training."""
     with store.connect() as conn:
-        if not table_exists(conn, "clean_dataset", "public"):
+        if not table_exists(conn, "clean_dataset"):
             return pd.DataFrame(columns=COLUMNS)
         where, params = "", []
         if categories:
             where = "WHERE category IN (" + ",".join("?" * len(categories)) + ")"
             params = list(categories)
-        return conn.execute(f"SELECT * FROM public.clean_dataset {where} ORDER BY category, example_id",
+        return conn.execute(f"SELECT * FROM clean_dataset {where} ORDER BY category, example_id",
                             params).df()
 
 

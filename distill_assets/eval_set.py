@@ -78,11 +78,12 @@ def load_eval_file(path: str | Path, category: Category) -> pd.DataFrame:
 
 
 def extra_eval_rows(store: DuckDBStore, category: str) -> pd.DataFrame:
-    """Held-out production failures of the category (production_failures.status = 'held_out') as eval rows;
+    """Held-out production failures of the category (split 'heldout', whatever their status, so a resolved one
+    keeps gating later adapters) as eval rows;
     `expected` becomes the reference response. Empty when there are none."""
     df = store.query_df(
         "SELECT failure_id, input, expected FROM production_failures "
-        "WHERE category = ? AND status = 'held_out' ORDER BY failure_id",
+        "WHERE category = ? AND (split = 'heldout' OR status = 'held_out') ORDER BY failure_id",
         [category],
     )
     if df.empty:

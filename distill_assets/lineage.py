@@ -57,9 +57,9 @@ def why(store: DuckDBStore, example_id: str) -> dict:
 
 
 def _raw_row(conn, example_id: str) -> dict | None:
-    if not table_exists(conn, "raw_generations", "public"):
+    if not table_exists(conn, "raw_generations"):
         return None
-    df = conn.execute("SELECT * FROM public.raw_generations WHERE example_id = ? OR generation_id = ? LIMIT 1",
+    df = conn.execute("SELECT * FROM raw_generations WHERE example_id = ? OR generation_id = ? LIMIT 1",
                       [example_id, example_id]).df()
     return _row_dicts(df)[0] if len(df) else None
 
@@ -75,8 +75,8 @@ def origin(store: DuckDBStore, example_id: str, max_depth: int = 16) -> dict:
         if raw is None:
             raise KeyError(f"unknown example {example_id!r}: not in raw_generations")
         seed = None
-        if raw.get("seed_id") and table_exists(conn, "seed_prompts", "public"):
-            s = conn.execute("SELECT * FROM public.seed_prompts WHERE seed_id = ? LIMIT 1", [raw["seed_id"]]).df()
+        if raw.get("seed_id") and table_exists(conn, "seed_prompts"):
+            s = conn.execute("SELECT * FROM seed_prompts WHERE seed_id = ? LIMIT 1", [raw["seed_id"]]).df()
             seed = _row_dicts(s)[0] if len(s) else None
         parents, seen, frontier = [], {example_id}, list(_loads(raw.get("parent_ids")) or [])
         while frontier and len(seen) < max_depth + 1:

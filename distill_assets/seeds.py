@@ -136,11 +136,11 @@ def load_seed_file(path: str | Path, category: Category, source: str = "seed") -
     return df.drop_duplicates("seed_id", keep="first").reset_index(drop=True)
 
 
-def validate_seed_frame(df: pd.DataFrame) -> pd.DataFrame:
+def validate_seed_frame(df: pd.DataFrame, category: str) -> pd.DataFrame:
     """Pandera validation of the seed table (the schema lives in checks.schemas)."""
     from checks.schemas import validate_table
 
-    return validate_table("seed_prompts", df)
+    return validate_table("seed_prompts", df, category)
 
 
 def production_rows(store: DuckDBStore, category: str) -> pd.DataFrame:
@@ -169,10 +169,7 @@ def seed_prompts(context: dg.AssetExecutionContext, store: DuckDBStore) -> dg.Ou
     prod = production_rows(store, category.name)
     if not prod.empty:
         df = pd.concat([df, prod[SEED_COLUMNS]], ignore_index=True).drop_duplicates("seed_id")
-    try:
-        df = validate_seed_frame(df)
-    except ImportError:
-        pass  # schemas not installed in this build
+    df = validate_seed_frame(df, category.name)
     version = frame_version(df, ["seed_id", "prompt", "reference", "tests", "difficulty"])
     if not prod.empty:
         from distill_assets.production.intake import mark_in_training

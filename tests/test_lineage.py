@@ -87,7 +87,7 @@ def materialized(tmp_path_factory):
     assert res.success
     store.insert_df("teacher_calls", pd.DataFrame([{"call_key": "ck_g3", "model": "fake", "role": "teacher",
                                                     "status": "ok", "response": TEXTS["g3"][1]}]))
-    store.execute("CREATE TABLE public.seed_prompts AS SELECT 's1' AS seed_id, 'support' AS category, "
+    store.execute("CREATE TABLE seed_prompts AS SELECT 's1' AS seed_id, 'support' AS category, "
                   "'Where is my order?' AS prompt")
     yield store, res, tmp
     mp.undo()

@@ -163,7 +163,7 @@ BLANK_RUN = re.compile(r"(?:[ \t]*\n){3,}")
 CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|https?://\S+", re.S)
 
 LANGUAGES = ["en", "fr", "de", "es", "pt", "it", "nl", "ru", "zh", "ja", "ko", "ar", "pl", "tr", "sv", "hi"]
-LANGUAGE_SAMPLE_CHARS = 400  # language id saturates long before this; longer samples only cost time
+LANGUAGE_SAMPLE_CHARS = 200  # language id saturates long before this; longer samples only cost time
 
 
 @lru_cache(maxsize=4)

@@ -181,28 +181,54 @@ def _load_checks(base: str) -> None:
         _CHECKS[key] = [c["name"] for c in checks]
 
 
+STAGE_GROUPS = ("seeds", "generation", "filtering", "dataset", "training", "export", "evaluation")
+
+
+def _served_groups(base: str) -> set[str]:
+    data = _graphql(base, "{ assetNodes { groupName } }").get("data") or {}
+    return {n["groupName"] for n in data.get("assetNodes") or []}
+
+
+def _filter_catalog(page, selection: str) -> None:
+    # The catalog's search box is a CodeMirror editor that takes Dagster's selection syntax.
+    page.locator(".CodeMirror").first.click()
+    page.keyboard.type(selection)
+    page.keyboard.press("Enter")
+
+
+def _catalog_row(page, asset: str):
+    return page.locator("div[class*=VirtualizedTable_row]", has=page.get_by_text(asset, exact=True))
+
+
 def test_asset_graph_shows_assets_and_groups(dagster_ui, page):
-    page.goto(f"{dagster_ui['base']}/asset-groups", wait_until="domcontentloaded")
+    base = dagster_ui["base"]
+    page.goto(f"{base}/asset-groups", wait_until="domcontentloaded")
     _dismiss_community_dialog(page)
-    # The global lineage starts with groups collapsed: the sidebar lists the groups, the graph shows group boxes.
-    for group in ("seeds", "generation"):
+    # The global lineage opens with one box per group; every stage group the code location serves is shown.
+    served = _served_groups(base)
+    expected = [g for g in STAGE_GROUPS if g in served]
+    assert {"seeds", "generation"} <= set(expected), f"served groups: {sorted(served)}"
+    for group in expected:
         sync_api.expect(page.get_by_text(group, exact=True).first).to_be_visible()
+    page.wait_for_timeout(1500)
     _shot(page, "01-global-lineage-groups")
-    # Expanding a group in the sidebar tree shows its assets.
-    page.get_by_text("generation", exact=True).first.click()
-    page.get_by_text("seeds", exact=True).first.click()
-    page.goto(f"{dagster_ui['base']}/assets", wait_until="domcontentloaded")
-    _dismiss_community_dialog(page)
+
+    # A group's page lays out its assets, with their upstream and downstream neighbours.
+    page.goto(f"{base}/locations/distill/asset-groups/generation", wait_until="domcontentloaded")
     for asset in ASSETS:
-        row = page.locator("div[class*=VirtualizedTable_row]", has=page.get_by_text(asset, exact=True))
+        sync_api.expect(page.get_by_text(asset, exact=True).first).to_be_visible()
+    page.wait_for_timeout(1500)
+    _shot(page, "02-generation-group-graph")
+
+    # The catalog lists the assets with their group and a description line.
+    page.goto(f"{base}/assets", wait_until="domcontentloaded")
+    _filter_catalog(page, " or ".join(f'key:"{a}"' for a in ASSETS))
+    for asset, group in zip(ASSETS, ("seeds", "generation")):
+        row = _catalog_row(page, asset)
         sync_api.expect(row).to_be_visible()
-    sync_api.expect(page.get_by_text("seeds", exact=True).first).to_be_visible()
-    sync_api.expect(page.get_by_text("generation", exact=True).first).to_be_visible()
-    _shot(page, "02-asset-catalog")
-    # Every asset in the catalog carries a description (the row's second line).
-    for asset in ASSETS:
-        row = page.locator("div[class*=VirtualizedTable_row]", has=page.get_by_text(asset, exact=True))
-        assert len(row.inner_text().strip().splitlines()) >= 2, f"{asset} shows no description in the catalog"
+        sync_api.expect(row.get_by_text(group, exact=True)).to_be_visible()
+        assert len(row.inner_text().strip().splitlines()) >= 3, f"{asset} shows no description in the catalog"
+    _shot(page, "03-asset-catalog")
 
 
 def test_materialize_from_ui_and_inspect(dagster_ui, page):
@@ -210,17 +236,18 @@ def test_materialize_from_ui_and_inspect(dagster_ui, page):
     _load_checks(base)
     page.goto(f"{base}/assets", wait_until="domcontentloaded")
     _dismiss_community_dialog(page)
+    _filter_catalog(page, " or ".join(f'key:"{a}"' for a in ASSETS))
     for asset in ASSETS:
-        row = page.locator("div[class*=VirtualizedTable_row]", has=page.get_by_text(asset, exact=True))
-        row.locator("label[class*=Checkbox]").first.click()
+        _catalog_row(page, asset).locator("label[class*=Checkbox]").first.click()
     page.get_by_role("button", name=re.compile(r"Materialize selected")).click()
     dialog = page.get_by_role("dialog").first
     sync_api.expect(dialog.get_by_text("Launch runs to materialize 2 assets")).to_be_visible()
     dialog.get_by_text("Select a partition or create one").click()
-    page.get_by_role("checkbox", name=PARTITION, exact=True).locator("xpath=ancestor::label[1]").click()
+    page.get_by_placeholder("Filter partitions").fill(PARTITION)
+    page.locator("label").filter(has=page.get_by_text(PARTITION, exact=True)).first.click()
     page.keyboard.press("Escape")  # close the partition picker, not the dialog
     sync_api.expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
-    _shot(page, "03-launch-dialog-one-partition")
+    _shot(page, "04-launch-dialog-one-partition")
     dialog.get_by_role("button", name=re.compile(r"^Launch 1 run$")).click()
     sync_api.expect(page.get_by_role("dialog")).to_have_count(0)
 
@@ -238,7 +265,7 @@ def test_materialize_from_ui_and_inspect(dagster_ui, page):
             status = "Failure"
             break
         time.sleep(5)
-    _shot(page, "04-runs")
+    _shot(page, "05-runs")
     if status != "Success":
         log = dagster_ui["log"].read_text()[-3000:]
         pytest.fail(f"run did not succeed from the UI (status {status}); dagster dev log tail:\n{log}")
@@ -248,7 +275,7 @@ def test_materialize_from_ui_and_inspect(dagster_ui, page):
     for asset in ASSETS:
         sync_api.expect(page.get_by_text(asset).first).to_be_visible()
     page.wait_for_timeout(2000)
-    _shot(page, "05-run-detail")
+    _shot(page, "06-run-detail")
 
     # The asset page shows the materialization's metadata for the partition.
     for asset in ASSETS:
@@ -256,7 +283,7 @@ def test_materialize_from_ui_and_inspect(dagster_ui, page):
         sync_api.expect(page.get_by_text("rows", exact=True).first).to_be_visible(timeout=60_000)
         sync_api.expect(page.get_by_text(PARTITION).first).to_be_visible()
         page.wait_for_timeout(1500)
-        _shot(page, f"06-{asset}-overview")
+        _shot(page, f"07-{asset}-overview")
         checks = _CHECKS.get(asset, [])
         if not checks:
             continue
@@ -266,7 +293,7 @@ def test_materialize_from_ui_and_inspect(dagster_ui, page):
         body = page.inner_text("body")
         assert re.search(r"\b(Passed|Failed|Warning)\b", body), f"{asset}: no check result shown:\n{body[-1500:]}"
         page.wait_for_timeout(1000)
-        _shot(page, f"07-{asset}-checks")
+        _shot(page, f"08-{asset}-checks")
 
     # The raw_generations metadata is what a user wants: rows, tokens, cost, a preview.
     page.goto(f"{base}/assets/raw_generations?partition={PARTITION}", wait_until="domcontentloaded")

@@ -79,7 +79,12 @@ class FakeOpenAIServer:
         self.stop()
 
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        try:
+            import uvloop  # cheaper per request, so the server is not the bottleneck of a benchmark
+
+            self._loop = uvloop.new_event_loop()
+        except ImportError:
+            self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, self.port,
                                                                           backlog=1024))
