@@ -81,9 +81,11 @@ class Filters(_Strict):
     verify_workers: int = Field(default=2, ge=1, le=64, description="code sandboxes run in parallel")
     refusal_patterns: list[str] = Field(
         default_factory=lambda: [
-            r"\bI(?:'m| am) (?:sorry|unable|not able)\b",
-            r"\bI can(?:no|')t (?:help|assist|do that)\b",
-            r"\bAs an AI(?: language model)?\b",
+            # refusals, not apologies: a support reply saying "I'm sorry to hear that" is fine
+            r"\bI(?:'m| am) (?:unable|not able) to (?:help|assist|answer|provide|do|comply)\b",
+            r"\bI(?:'m| am) sorry,? but I (?:can(?:no|')t|won't|am unable|will not)\b",
+            r"\bI can(?:no|')t (?:help|assist)(?: you)? with (?:that|this)\b",
+            r"\bAs an AI(?: language model)?,? I\b",
         ]
     )
 

@@ -122,3 +122,20 @@ def test_length_shortcut_matches_exact(tok):
     c = count_tokens([r["response"] for r in rows], tok)
     expect = np.where(c < 10, "too_short", np.where(c > 40, "too_long", ""))
     assert v["reason"].tolist() == expect.tolist()
+
+
+def test_apology_is_not_a_refusal_but_a_refusal_is(tok):
+    v = verdicts([row("I'm sorry to hear your parcel is late. I have checked the tracking and it ships today, "
+                      "so you should have it by Friday."),
+                  row("I'm sorry, but I can't help with that request. Please contact someone else about it.")], tok)
+    assert v["keep"].tolist() == [True, False] and v["reason"].iloc[1] == "refusal"
+
+
+def test_function_word_prescreen_settles_plain_english_and_leaves_the_rest_to_lingua(tok):
+    v = verdicts([row("To reset your password, open the settings page and choose the option that says reset, "
+                      "then follow the link that we send to your email address."),
+                  row("Pour réinitialiser votre mot de passe, ouvrez la page des paramètres et suivez le lien "
+                      "que nous envoyons à votre adresse électronique.")], tok)
+    ev = [json.loads(e) if isinstance(e, str) else e for e in v["evidence"]]
+    assert ev[0]["method"] == "function_word_prescreen" and v["keep"].iloc[0]
+    assert not v["keep"].iloc[1] and v["reason"].iloc[1] == "wrong_language" and ev[1]["language"] == "fr"
