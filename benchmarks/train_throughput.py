@@ -107,7 +107,8 @@ def main() -> None:
     for name, rs in results.items():
         r = max(rs, key=lambda x: x["tokens"] / x["runtime"])
         best[name] = r["tokens"] / r["runtime"]
-        print(f"{name:12s} {r['tokens']:8d} {r['runtime']:8.1f} {best[name]:8.1f} {r['peak_rss_mb']:12.0f}")
+        print(f"{name:12s} {int(r['tokens']):8d} {r['runtime']:8.1f} {best[name]:8.1f} {r['peak_rss_mb']:12.0f}")
+    print("raw:", json.dumps(results))
     print(f"ratio distill/plain = {best['distill'] / best['plain_trl']:.3f} (target >= 0.95)")
 
 

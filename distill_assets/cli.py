@@ -278,8 +278,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     store = _store()
     try:
         out = fn(store, args.example_id)
-    except (KeyError, LookupError) as e:
-        raise UsageError(f"unknown example id {args.example_id!r}" + _detail(e)) from None
+    except LookupError as e:  # KeyError included: the lineage module says what it looked for
+        msg = e.args[0] if e.args else ""
+        raise UsageError(str(msg) or f"unknown example id {args.example_id!r}") from None
     if _is_empty(out):
         raise UsageError(f"unknown example id {args.example_id!r}: no lineage recorded for it")
     if args.json and hasattr(out, "to_json"):
@@ -289,25 +290,29 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _detail(e: BaseException) -> str:
-    msg = str(e).strip("'\" ")
-    return f" ({msg})" if msg and msg not in ("None",) else ""
-
-
 def cmd_failures_add(args: argparse.Namespace) -> int:
     from distill_assets.production import intake
 
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    out = intake.ingest_file(_store(), path, source="cli")
-    if isinstance(out, int):
-        print(f"ingested {out} failure(s) from {path}")
-    elif hasattr(out, "__len__") and not isinstance(out, (str, dict)):
-        print(f"ingested {len(out)} failure(s) from {path}")
-        _emit(out)
-    else:
-        _emit(out)
+    rep = intake.ingest_file(_store(), path, source="cli")
+    if getattr(rep, "skipped_file", False):
+        print(f"{path}: already ingested (same content); nothing to do")
+        return 0
+    if not hasattr(rep, "inserted"):  # another shape: show it as is
+        _emit(rep)
+        return 0
+    print(f"{path}: {rep.lines} line(s): {rep.inserted} new failure(s) ({rep.held_out} held out for the "
+          f"promotion gate), {rep.duplicates} duplicate(s), {rep.rejected} rejected")
+    for r in rep.rejects[:20]:
+        where = f"{r.get('source', path)}:{r.get('line')}" if r.get("line") else str(r.get("source", path))
+        fld = f" field '{r['field']}'" if r.get("field") else ""
+        print(f"  rejected {where}:{fld} {r.get('reason', '')} {r.get('detail', '')}".rstrip(), file=sys.stderr)
+    if len(rep.rejects) > 20:
+        print(f"  ... and {len(rep.rejects) - 20} more (distill failures list shows stored rows)", file=sys.stderr)
+    if rep.rejected and not rep.inserted and not rep.duplicates:
+        raise UsageError(f"{path}: no valid failure in the file")
     return 0
 
 
@@ -316,11 +321,29 @@ def cmd_failures_list(args: argparse.Namespace) -> int:
 
     if args.category:
         _check_categories([args.category])
-    out = intake.list_failures(_store(), status=args.status, category=args.category)
-    if args.json and hasattr(out, "to_json"):
-        print(out.to_json(orient="records", indent=2, default_handler=str))
-    else:
-        _emit(out)
+    store = _store()
+    if not store.table_exists("production_failures"):
+        print("(no failures reported yet: distill failures add FILE)")
+        return 0
+    try:
+        out = intake.list_failures(store, status=args.status, category=args.category)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(out.to_json(orient="records", indent=2, date_format="iso", default_handler=str))
+        return 0
+    if out.empty:
+        filt = " matching the filters" if (args.status or args.category) else " reported yet: distill failures add FILE"
+        print(f"(no failures{filt})")
+        return 0
+    cols = [c for c in ("failure_id", "category", "status", "source", "reported_at", "input", "bad_output")
+            if c in out.columns]
+    view = out[cols].copy() if cols else out
+    for c in ("input", "bad_output"):
+        if c in view.columns:
+            view[c] = view[c].astype(str).str.slice(0, 60)
+    _emit(view)
+    print(f"{len(out)} failure(s)")
     return 0
 
 
@@ -405,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     fa.add_argument("file")
     fa.set_defaults(fn=cmd_failures_add)
     fl = fsub.add_parser("list", parents=[common], help="list reported failures")
-    fl.add_argument("--status", help="only this status (e.g. new, relabelled, in_gate)")
+    fl.add_argument("--status", help="only this status: pending, in_training, held_out or resolved")
     fl.add_argument("--category", "-c", help="only this category")
     fl.add_argument("--json", action="store_true", help="print JSON records")
     fl.set_defaults(fn=cmd_failures_list)
@@ -421,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    # Dagster flags beta/preview parameters on every import; they say nothing a CLI user can act on.
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     try:
         _apply_env(args)
         return int(args.fn(args) or 0)

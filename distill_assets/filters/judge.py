@@ -191,7 +191,7 @@ def parse_judge_answer(text: str | None) -> JudgeParse:
         return JudgeParse(v, {**scores, "overall": v}, rationale or _rationale_from(raw), True, "", source)
 
     patterns = [
-        ("overall", rf"\boverall(?:\s+(?:quality|score|rating))?\s*(?:\([^)\n]*\))?\s*(?:is|[:=\-])?\s*{_NUM}"
+        ("overall", rf"\boverall[\"']?(?:\s+(?:quality|score|rating))?[\"']?\s*(?:\([^)\n]*\))?\s*(?:is|[:=\-])?\s*{_NUM}"
                     rf"\s*(?:/\s*(\d+)|out of\s*(\d+))?"),
         ("score", rf"\b(?:score|rating|grade)\s*(?:is|[:=\-])\s*{_NUM}\s*(?:/\s*(\d+)|out of\s*(\d+))?"),
         ("fraction", rf"(?<![\d.]){_NUM}\s*(?:/\s*(\d+)|out of\s*(\d+))"),
