@@ -158,16 +158,19 @@ class RunSummary:
     skipped: dict[str, str] = field(default_factory=dict)  # asset -> reason (e.g. "needs CUDA")
 
 
-def _step_seconds(result: Any) -> dict[str, float]:
+def _step_seconds(instance: Any, run_id: str) -> dict[str, float]:
+    """Seconds per step from the stored event log (DagsterEvents carry no timestamps; log entries do)."""
+    from dagster import DagsterEventType as T
+
     starts, out = {}, {}
-    for ev in result.all_events:
-        t = getattr(ev, "timestamp", None)
-        if ev.step_key is None or t is None:
+    for entry in instance.all_logs(run_id, of_type={T.STEP_START, T.STEP_SUCCESS, T.STEP_FAILURE}):
+        ev = entry.dagster_event
+        if ev is None or ev.step_key is None:
             continue
-        if ev.event_type_value == "STEP_START":
-            starts[ev.step_key] = t
-        elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and ev.step_key in starts:
-            out[ev.step_key] = out.get(ev.step_key, 0.0) + (t - starts.pop(ev.step_key))
+        if ev.event_type == T.STEP_START:
+            starts[ev.step_key] = entry.timestamp
+        elif ev.step_key in starts:
+            out[ev.step_key] = out.get(ev.step_key, 0.0) + (entry.timestamp - starts.pop(ev.step_key))
     return out
 
 
@@ -215,7 +218,7 @@ def execute(defs: "dg.Definitions", keys: list["dg.AssetKey"], *, instance: "dg.
                                     run_config=run_config, raise_on_error=False, tags={"distill/entry": label, **(tags or {})})
     wall = time.perf_counter() - t0
     return RunSummary(label=label, run_id=result.run_id, success=result.success, wall_s=wall,
-                      step_s=_step_seconds(result), failure=None if result.success else _failure_message(result),
+                      step_s=_step_seconds(instance, result.run_id), failure=None if result.success else _failure_message(result),
                       skipped=_skips(result))
 
 
