@@ -2,9 +2,9 @@
 
 - exact: rows whose normalized instruction + response (lower-case, no punctuation, collapsed whitespace) hash
   the same;
-- near: pairs whose embedding cosine is above the category's `filters.near_dup_threshold` (0.9). The embedded
-  text is the response; for label tasks (`verify: label`), whose responses are a handful of labels, it is the
-  instruction plus the label, since identical labels are not duplicates.
+- near: pairs whose embedding cosine is at or above the category's `filters.near_dup_threshold` (0.9): responses
+  of at least `near_dup_min_tokens` tokens with each other; short responses (labels, bare numbers) only when
+  equal, by their instructions, since identical labels of different messages are not duplicates.
 
 Both counts must be zero; the top offending pairs go in the metadata.
 """
@@ -45,17 +45,21 @@ def exact_duplicates(texts: pd.DataFrame) -> pd.DataFrame:
 
 
 def near_duplicate_pairs(vecs: np.ndarray, threshold: float, block: int = 2048, keep_top: int = 200,
-                         groups: np.ndarray | None = None) -> tuple[int, list[tuple[int, int, float]]]:
-    """(count, top pairs) of i < j with vecs[i]·vecs[j] > threshold, skipping pairs in the same `groups` entry
-    (exact duplicates, counted separately); blocked matmul, so memory is block x n."""
+                         groups: np.ndarray | None = None,
+                         same: np.ndarray | None = None) -> tuple[int, list[tuple[int, int, float]]]:
+    """(count, top pairs) of i < j with vecs[i]·vecs[j] >= threshold (the guide keeps an item only below the
+    threshold), skipping pairs in the same `groups` entry (exact duplicates, counted separately) and, with
+    `same`, counting only pairs whose `same` entries are equal; blocked matmul, so memory is block x n."""
     n = len(vecs)
     total, top = 0, []
     for s in range(0, n, block):
         sims = vecs[s:s + block] @ vecs.T
-        ii, jj = np.nonzero(sims > threshold)
+        ii, jj = np.nonzero(sims >= threshold)
         upper = jj > ii + s
         if groups is not None:
             upper &= groups[ii + s] != groups[jj]
+        if same is not None:
+            upper &= same[ii + s] == same[jj]
         ii, jj = ii[upper], jj[upper]
         total += len(ii)
         vals = sims[ii, jj]
@@ -65,23 +69,37 @@ def near_duplicate_pairs(vecs: np.ndarray, threshold: float, block: int = 2048, 
     return total, top
 
 
-def near_dup_texts(texts: pd.DataFrame, category: Category) -> list[str]:
-    if category.verify == "label":
-        return (texts["instruction"] + "\n" + texts["response"]).tolist()
-    return texts["response"].tolist()
-
-
 def find_duplicates(df: pd.DataFrame, category: Category, encode: Encode,
                     keep_top: int = 200) -> tuple[pd.DataFrame, int, int]:
-    """(offending pairs, exact count, near count); near pairs exclude pairs already exact duplicates."""
+    """(offending pairs, exact count, near count); near pairs exclude pairs already exact duplicates.
+
+    The rule is the guide's, recomputed from the rows: responses of at least `near_dup_min_tokens` student
+    tokens are compared with each other; shorter ones (labels, bare numbers) are duplicates only when their
+    normalized responses are equal and their instructions are near-identical, since two rows answering
+    "billing" to different messages are not duplicates."""
+    from distill_assets.filters.quality import count_tokens
+
     texts = training_texts(df)
     exact = exact_duplicates(texts)
     if len(texts) < 2:
         return exact, len(exact), 0
-    vecs = encode(near_dup_texts(texts, category))
     keys = np.array([exact_key(i, r) for i, r in zip(texts["instruction"], texts["response"])], dtype=object)
-    n_near, pairs = near_duplicate_pairs(vecs, category.filters.near_dup_threshold, keep_top=keep_top, groups=keys)
-    ids = texts["example_id"].tolist()
+    ntok = count_tokens(texts["response"].astype(str).tolist())
+    is_long = ntok >= category.filters.near_dup_min_tokens
+    ids = np.asarray(texts["example_id"].tolist(), dtype=object)
+    thr = category.filters.near_dup_threshold
+    n_near, pairs = 0, []
+    for mask, column, same in ((is_long, "response", None), (~is_long, "instruction", "response")):
+        idx = np.flatnonzero(mask)
+        if len(idx) < 2:
+            continue
+        vecs = encode(texts[column].iloc[idx].astype(str).tolist())
+        same_key = (np.array([normalize_text(r) for r in texts["response"].iloc[idx]], dtype=object)
+                    if same else None)
+        n, found = near_duplicate_pairs(vecs, thr, keep_top=keep_top, groups=keys[idx], same=same_key)
+        n_near += n
+        pairs += [(idx[i], idx[j], c) for i, j, c in found]
+    pairs = sorted(pairs, key=lambda p: -p[2])[:keep_top]
     near = [{"example_a": ids[i], "example_b": ids[j], "cosine": round(c, 4), "kind": "near"} for i, j, c in pairs]
     parts = [f for f in (exact.head(keep_top), pd.DataFrame(near, columns=PAIR_COLUMNS)) if not f.empty]
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PAIR_COLUMNS)
@@ -100,7 +118,8 @@ def dedup_check_result(df: pd.DataFrame, category: Category, encode: Encode, top
         "exact_duplicates": dg.MetadataValue.int(n_exact),
         "near_duplicate_pairs": dg.MetadataValue.int(n_near),
         "near_dup_threshold": dg.MetadataValue.float(float(category.filters.near_dup_threshold)),
-        "embedded_text": dg.MetadataValue.text("instruction+response" if category.verify == "label" else "response"),
+        "embedded_text": dg.MetadataValue.text(
+            f"response (>= {category.filters.near_dup_min_tokens} tokens); instruction among equal short responses"),
         "top_pairs": dg.MetadataValue.md(shown.to_markdown(index=False) if not shown.empty else "(none)"),
         "pairs": dg.MetadataValue.json(json.loads(shown[PAIR_COLUMNS].to_json(orient="records"))),
     }

@@ -465,6 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from distill_assets.errors import InputError, InputErrors
 
+        if isinstance(e, InputErrors) and e.errors:
+            more = f" (+{len(e.errors) - 1} more)" if len(e.errors) > 1 else ""
+            print(f"{PROG}: error: {e.errors[0]}{more}", file=sys.stderr)
+            return 2
         if isinstance(e, (InputError, InputErrors, FileNotFoundError, ValueError)):
             first = str(e).strip().splitlines()
             print(f"{PROG}: error: {first[0] if first else type(e).__name__}"

@@ -70,7 +70,7 @@ class Filters(_Strict):
     max_blank_run: int = Field(default=2, ge=0, description="max runs of 3+ newlines (the guide: > 2)")
     language_min_chars: int = Field(default=40, ge=0, description="shorter prose is 'unverifiable', not dropped")
     near_dup_min_tokens: int = Field(
-        default=16, ge=0,
+        default=6, ge=0,
         description="shorter responses (labels, bare numbers) are near-dup-compared on the instruction only")
     judge_keep_unparseable: bool = Field(default=False, description="keep rows whose judge answer stays unparseable")
     judge_max_tokens: int = Field(default=160, ge=8, description="judge answer budget (JSON scores + rationale)")
