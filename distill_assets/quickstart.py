@@ -175,6 +175,15 @@ def _step_seconds(instance: Any, run_id: str) -> dict[str, float]:
 
 
 def _failure_message(result: Any) -> str:
+    # A blocking check that did not pass says why in its own description: show that, not the wrapper error.
+    for ev in result.all_events:
+        if ev.event_type_value == "ASSET_CHECK_EVALUATION":
+            d = ev.event_specific_data
+            if not d.passed and getattr(d.severity, "value", "ERROR") == "ERROR":
+                key = d.asset_check_key
+                why = (d.description or "").strip().splitlines()
+                return (f"blocking check {key.asset_key.to_user_string()}:{key.name} failed"
+                        + (f": {why[0]}" if why else ""))
     for ev in result.all_events:
         if ev.event_type_value == "STEP_FAILURE":
             err = ev.step_failure_data.error

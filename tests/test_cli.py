@@ -197,21 +197,31 @@ def test_quickstart_runner_orders_stages_times_them_and_fails_clearly():
     def toy_eval():
         raise RuntimeError("the eval gate failed: transfer 0.41 < 0.85")
 
-    defs = dg.Definitions(assets=[toy_seeds, toy_train, toy_eval], asset_checks=[toy_seeds_ok])
+    @dg.asset(deps=[toy_seeds], group_name="dataset", partitions_def=CATEGORY)
+    def toy_clean():
+        return None
+
+    @dg.asset_check(asset=toy_clean, blocking=True)
+    def toy_yield():
+        return dg.AssetCheckResult(passed=False, description="yield 0.12 outside [0.25, 0.50]")
+
+    defs = dg.Definitions(assets=[toy_seeds, toy_train, toy_eval, toy_clean], asset_checks=[toy_seeds_ok, toy_yield])
     keys = qs.stage_keys(defs)
     part, unpart, other = qs.split_by_partitioning(defs, keys)
-    assert [k.to_user_string() for k in part] == ["toy_seeds"]
+    assert [k.to_user_string() for k in part] == ["toy_seeds", "toy_clean"]
     assert [k.to_user_string() for k in unpart] == ["toy_train", "toy_eval"]
     cats = CATEGORY.get_partition_keys()[:2]
     with dg.DagsterInstance.ephemeral() as inst:
-        summaries = qs.materialize(part + unpart[:1], cats, defs=defs, instance=inst, echo=lambda s: None)
+        with pytest.raises(qs.StageFailed, match=r"blocking check toy_clean:toy_yield failed: yield 0.12 outside"):
+            qs.materialize(part, cats, defs=defs, instance=inst, echo=lambda s: None)
+        summaries = qs.materialize(part[:1] + unpart[:1], cats, defs=defs, instance=inst, echo=lambda s: None)
         assert [s.label for s in summaries] == [f"materialize:{c}" for c in cats] + ["materialize:global"]
         assert summaries[-1].skipped == {"toy_train": "skipped: needs CUDA"}
         times = qs.stage_times(defs, summaries)
         assert set(times) == {"seeds", "training"}  # the check step counts with its asset's group
         with pytest.raises(qs.StageFailed, match="toy_eval failed: .*transfer 0.41 < 0.85"):
             qs.materialize(unpart, None, defs=defs, instance=inst, echo=lambda s: None)
-    assert seen[:2] == [("seeds", cats[0]), ("seeds", cats[1])]
+    assert seen[:3] == [("seeds", cats[0]), ("seeds", cats[0]), ("seeds", cats[1])]
     assert qs.resolve_selection(defs, "group:training") == [dg.AssetKey("toy_train")]
     with pytest.raises(LookupError, match="unknown asset"):
         qs.resolve_selection(defs, "toy_seeds,nope")
