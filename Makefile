@@ -19,6 +19,7 @@ test-all:
 	scripts/setup.sh browser
 	.venv/bin/python -m pytest -q
 
+# The Dagster UI on the same instance the quickstart and the CLI write to ($DISTILL_HOME/dagster_home).
 ui:
 	scripts/setup.sh
-	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/.distill/dagster_home} .venv/bin/dagster dev -w workspace.yaml
+	.venv/bin/distill ui

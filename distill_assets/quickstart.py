@@ -42,6 +42,13 @@ concurrency:
 """
 
 
+# The quickstart's run config: a CPU-sized evaluation (the eval_report defaults evaluate every held-out item).
+QUICKSTART_OPS_CONFIG: dict[str, dict] = {
+    "eval_report": {"max_examples_per_category": 3, "max_new_tokens": 64, "judge_max_tokens": 48,
+                    "judge_exports": False},
+}
+
+
 class StageFailed(RuntimeError):
     """A Dagster run of the quickstart or of `distill materialize` did not succeed."""
 
@@ -216,13 +223,18 @@ def _skips(result: Any) -> dict[str, str]:
 
 
 def execute(defs: "dg.Definitions", keys: list["dg.AssetKey"], *, instance: "dg.DagsterInstance",
-            partition_key: str | None, label: str, tags: dict[str, str] | None = None) -> RunSummary:
+            partition_key: str | None, label: str, tags: dict[str, str] | None = None,
+            ops_config: dict[str, dict] | None = None) -> RunSummary:
     """One in-process run of `keys` (with their checks) through the implicit global asset job."""
     job = defs.resolve_implicit_global_asset_job_def()
     t0 = time.perf_counter()
     # Dagster's console logger defaults to DEBUG (every engine event); INFO keeps the assets' own progress.
     level = os.environ.get("DISTILL_LOG_LEVEL", "INFO").upper()
-    run_config = {"loggers": {"console": {"config": {"log_level": level}}}}
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": level}}}}
+    names = {k.to_user_string() for k in keys}
+    ops = {op: {"config": cfg} for op, cfg in (ops_config or {}).items() if op in names}
+    if ops:
+        run_config["ops"] = ops
     result = job.execute_in_process(asset_selection=keys, partition_key=partition_key, instance=instance,
                                     run_config=run_config, raise_on_error=False, tags={"distill/entry": label, **(tags or {})})
     wall = time.perf_counter() - t0
@@ -233,7 +245,7 @@ def execute(defs: "dg.Definitions", keys: list["dg.AssetKey"], *, instance: "dg.
 
 def materialize(keys: list["dg.AssetKey"], categories: list[str] | None, *, defs: "dg.Definitions | None" = None,
                 instance: "dg.DagsterInstance | None" = None, echo: Callable[[str], None] = print,
-                label: str = "materialize") -> list[RunSummary]:
+                label: str = "materialize", ops_config: dict[str, dict] | None = None) -> list[RunSummary]:
     """Partitioned keys once per category, then unpartitioned keys once. Stops at the first failed run."""
     defs = defs or load_defs()
     own_instance = instance is None
@@ -251,7 +263,7 @@ def materialize(keys: list["dg.AssetKey"], categories: list[str] | None, *, defs
             names = ", ".join(k.to_user_string() for k in ks)
             echo(f"-> {label} [{pkey or 'all categories'}]: {names}")
             s = execute(defs, ks, instance=instance, partition_key=pkey,
-                        label=f"{label}:{pkey or 'global'}")
+                        label=f"{label}:{pkey or 'global'}", ops_config=ops_config)
             summaries.append(s)
             status = "ok" if s.success else "FAILED"
             echo(f"   {status} in {s.wall_s:.1f}s (run {s.run_id})")
@@ -377,7 +389,8 @@ def run(echo: Callable[[str], None] = print, groups: Iterable[str] = STAGE_GROUP
     echo(f"stages present: {', '.join(present)}" + (f"  (absent: {', '.join(missing)})" if missing else ""))
     instance = get_instance()
     try:
-        summaries = materialize(keys, None, defs=defs, instance=instance, echo=echo, label="quickstart")
+        summaries = materialize(keys, None, defs=defs, instance=instance, echo=echo, label="quickstart",
+                                ops_config=QUICKSTART_OPS_CONFIG)
     finally:
         instance.dispose()
     print_summary(defs, summaries, time.perf_counter() - t0, echo=echo)

@@ -35,7 +35,7 @@ if ! python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.__version__ == '$
   touch "$VENV/.llama-$flags_id"
 fi
 
-extras="dev"
+extras="dev,scaleout"  # scaleout: validates the Kubernetes/Postgres profile against its schemas in tests
 python -m pip install -q -e ".[${extras}]"
 
 if [ "${1:-}" = "browser" ]; then
