@@ -70,8 +70,15 @@ def _judge(server):
                        backoff_initial_s=0.01, backoff_max_s=0.02)
 
 
+def _support(**filters):
+    """The demo's support category with the guide's judge settings pinned (the demo task relaxes them)."""
+    base = load_tasks().category("support")
+    pinned = {"judge_min_score": 4, "judge_keep_unparseable": False, **filters}
+    return base.model_copy(update={"filters": base.filters.model_copy(update=pinned)})
+
+
 def test_retry_once_then_unparseable(store):
-    cat = load_tasks().category("support")
+    cat = _support()
     with FakeOpenAIServer(responder=scripted) as srv:
         with _judge(srv).session(store) as s:
             out = judge_frame(_frame(), cat, lambda reqs: s.complete(reqs, category="support"), "fake-judge")
@@ -95,8 +102,7 @@ def test_retry_once_then_unparseable(store):
 
 
 def test_unparseable_can_be_kept_and_errors_are_not_low_scores(store):
-    base = load_tasks().category("support")
-    cat = base.model_copy(update={"filters": base.filters.model_copy(update={"judge_keep_unparseable": True})})
+    cat = _support(judge_keep_unparseable=True)
     with FakeOpenAIServer(responder=scripted) as srv:
         with _judge(srv).session(store) as s:
             out = judge_frame(_frame(), cat, lambda reqs: s.complete(reqs), "fake-judge")
@@ -106,7 +112,7 @@ def test_unparseable_can_be_kept_and_errors_are_not_low_scores(store):
         failing = LLMResource(role="judge", base_url=srv.base_url, model="down-judge", max_retries=1,
                               backoff_initial_s=0.01, backoff_max_s=0.02)
         with failing.session(store) as s:
-            out = judge_frame(_frame(2), base, lambda reqs: s.complete(reqs), "fake-judge")
+            out = judge_frame(_frame(2), _support(), lambda reqs: s.complete(reqs), "fake-judge")
     assert out["reason"].tolist() == ["judge_error", "judge_error"]
     assert out["verdict"].tolist() == ["quarantined", "quarantined"]
     assert out["judge_score"].isna().all()
