@@ -144,7 +144,7 @@ class Category(_Strict):
     yield_band: tuple[float, float] = (0.25, 0.50)
     yield_floor: float = Field(default=0.05, ge=0, le=1, description="below this the yield check is an ERROR")
     stage_loss_bands: dict[str, StageLossBand] = Field(default_factory=_default_stage_bands)
-    min_train_examples: int = Field(default=8, ge=1)
+    min_train_examples: int = Field(default=8, ge=0)
     validation_fraction: float = Field(default=0.1, ge=0, lt=1, description="clean_dataset validation split")
     balance: Balance = Field(default_factory=Balance)
     contamination: Contamination = Field(default_factory=Contamination)

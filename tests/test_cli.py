@@ -74,7 +74,6 @@ def test_bad_tasks_file_is_a_clear_error(tmp_path):
     assert "task file not found" in _one_line_error(proc)
 
 
-@pytest.mark.slow
 def test_materialize_seed_prompts_one_category(tmp_path):
     proc = _distill(["materialize", "--category", "math", "--select", "seed_prompts"], tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -100,7 +99,6 @@ def test_backfill_unknown_category(tmp_path):
     assert proc.returncode == 2 and "unknown category" in _one_line_error(proc)
 
 
-@pytest.mark.slow
 def test_backfill_is_stored_in_the_instance(tmp_path):
     # Without --wait the backfill is only requested: the daemon of `dagster dev` / `dagster-daemon run` runs it.
     proc = _distill(["backfill", "--category", "math", "--select", "seed_prompts"], tmp_path)

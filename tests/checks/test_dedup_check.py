@@ -67,7 +67,6 @@ def test_label_task_embeds_instruction_with_label():
     assert dedup_check_result(rows, c, hash_encode).passed  # same label is not a duplicate
 
 
-@pytest.mark.slow
 def test_real_embeddings_catch_a_reworded_response():
     e = EmbedderResource()
     pairs = [("Where is my order?", "Your order shipped yesterday and should arrive within three business days."),

@@ -12,7 +12,7 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e  # a real report from a small end-to-end run, in CI
 
 MATH = [("What is 2 + 3?", "5", "easy"), ("What is 6 * 7?", "42", "medium"), ("What is 10 - 4?", "6", "hard")]
 CLASSIFY = [("Classify: my card was charged twice", "billing", "easy"),

@@ -119,7 +119,6 @@ def test_unparseable_can_be_kept_and_errors_are_not_low_scores(store):
     assert "HTTP 500" in json.loads(out["evidence"][0])["error"]
 
 
-@pytest.mark.slow
 def test_materialize_judged_records_and_caches(duck_resources, store):
     from distill_assets.filters.judge import judged
     from distill_assets.partitions import CATEGORY

@@ -11,7 +11,7 @@ from distill_assets.production import intake
 from distill_assets.production.sensor import build_production_failure_sensor
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # the real loop in CI: intake -> sensor -> targeted run -> clean_dataset
 def test_failures_trigger_a_targeted_run_and_heldout_stays_out(distill_home, store, fake_server, monkeypatch,
                                                                tmp_path):
     monkeypatch.setenv("TEACHER_BASE_URL", fake_server.base_url)

@@ -210,7 +210,7 @@ def verify_defs(monkeypatch):
     return [judged_stand_in, verified]
 
 
-@pytest.mark.slow
+
 @pytest.mark.parametrize("cat,expected", [
     ("math", {"g_0": ("pass", "kept", "ok"), "g_1": ("fail", "dropped", "verify_mismatch"),
               "g_2": ("pass", "kept", "ok"), "g_3": ("pass", "kept", "ok"),
