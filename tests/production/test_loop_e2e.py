@@ -4,6 +4,7 @@ Needs every per-category asset (seeds through clean_dataset, eval_set) in distil
 fake OpenAI server as teacher and judge, and the packaged embedder. Slow: run with `-m slow`.
 """
 
+import json
 import dagster as dg
 import pytest
 
@@ -47,7 +48,8 @@ def test_failures_trigger_a_targeted_run_and_heldout_stays_out(distill_home, sto
         assert parts == {"math"}, (key, parts)  # only the targeted partition
 
     clean = store.query_df("SELECT * FROM clean_dataset WHERE category = 'math'")
-    text = " ".join(clean["instruction"].astype(str)) + " " + " ".join(clean["messages"].astype(str))
+    # the user turns of the training messages hold every instruction the student trains on
+    text = " ".join(m["content"] for msgs in clean["messages"] for m in json.loads(msgs))
     for prompt in held["input"]:
         assert prompt not in text
     seeds = store.query_df("SELECT prompt, source FROM seed_prompts WHERE category = 'math'")
