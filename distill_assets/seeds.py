@@ -144,11 +144,9 @@ def validate_seed_frame(df: pd.DataFrame, category: str) -> pd.DataFrame:
 
 
 def production_rows(store: DuckDBStore, category: str) -> pd.DataFrame:
-    """Seeds made from production failures of this category (source=production); empty without the loop."""
-    try:
-        from distill_assets.production.intake import production_seed_rows
-    except ImportError:
-        return pd.DataFrame(columns=SEED_COLUMNS)
+    """Seeds made from production failures of this category (source=production); empty when there are none."""
+    from distill_assets.production.intake import production_seed_rows
+
     return production_seed_rows(store, category)
 
 

@@ -226,8 +226,6 @@ class LLMSession:
 
     def __init__(self, cfg: LLMResource, store: DuckDBStore, *, base_url: str | None, model: str, concurrency: int,
                  run_id: str, logger: Any, engine: "VLLMEngine | None" = None):
-        from distill_assets.settings import get_settings
-
         self.cfg, self.store, self.base_url, self.model = cfg, store, base_url, model
         self.concurrency, self.run_id, self.engine = concurrency, run_id, engine
         self.log = logger or log
@@ -245,8 +243,7 @@ class LLMSession:
         self.reserved_usd = 0.0
         self.reserved_tokens = 0
         self.budget_hit: str | None = None
-        self.stats = {"sent": 0, "cached": 0, "ok": 0, "failed": 0, "retries": 0}
-        del get_settings
+        self.stats = {"cached": 0, "ok": 0, "failed": 0, "retries": 0}
 
     # ledger ------------------------------------------------------------------------------------------------
     def _record(self, result: ChatResult, request: ChatRequest, category: str | None,
