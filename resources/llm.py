@@ -43,13 +43,24 @@ class ChatRequest:
     max_tokens: int = 512
     sample_index: int = 0
     top_p: float | None = None
+    # Structured output: a JSON schema the answer must follow (constrained decoding on llama.cpp, vLLM, OpenAI).
+    # Small judges then always answer in a readable form, and no call is spent re-asking.
+    json_schema: dict | None = None
+    schema_name: str = "answer"
     tag: Any = None  # the caller's handle; not part of the cache key
 
-    def params(self) -> dict:
+    def params(self, structured_output: str = "json_schema") -> dict:
+        """The sampling parameters as sent; `structured_output` picks the wire form of `json_schema`."""
         # the sample index doubles as the sampling seed: samples differ, and each is reproducible
         p = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.sample_index}
         if self.top_p is not None:
             p["top_p"] = self.top_p
+        if self.json_schema is not None and structured_output != "off":
+            if structured_output == "json_object":  # llama-cpp-python's form (its server rejects "json_schema")
+                p["response_format"] = {"type": "json_object", "schema": self.json_schema}
+            else:  # the OpenAI form, also read by vLLM, SGLang and Ollama's OpenAI endpoint
+                p["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": self.schema_name, "schema": self.json_schema, "strict": True}}
         return p
 
 
@@ -110,10 +121,19 @@ class LLMResource(dg.ConfigurableResource):
     flush_every_n: int = Field(default=256, ge=1)
     embedded_n_ctx: int = 2048
     embedded_threads: int | None = None
+    structured_output: Literal["auto", "json_schema", "json_object", "off"] = Field(
+        default="auto", description="wire form of JSON-schema answers: auto = json_object for the embedded "
+                                    "llama.cpp server, json_schema (OpenAI form) otherwise; off = plain prompts")
 
     @property
     def embedded(self) -> bool:
         return not self.base_url and self.backend != "vllm"
+
+    @property
+    def structured_output_form(self) -> str:
+        if self.structured_output != "auto":
+            return self.structured_output
+        return "json_object" if self.embedded else "json_schema"
 
     def describe(self) -> dict:
         """What the UI may show: never the key."""
@@ -255,7 +275,7 @@ class LLMSession:
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "cost_usd": result.cost_usd, "latency_s": result.latency_s, "attempts": result.attempts,
             "error": result.error, "category": category, "run_id": self.run_id,
-            "request_json": json.dumps({"messages": request.messages, **request.params(),
+            "request_json": json.dumps({"messages": request.messages, **self.params(request),
                                         "sample_index": request.sample_index}, ensure_ascii=False),
             "created_at": utcnow().isoformat(),
         }
@@ -334,8 +354,12 @@ class LLMSession:
         return est_cost, est_tokens
 
     # calls --------------------------------------------------------------------------------------------------
+    def params(self, request: ChatRequest) -> dict:
+        return request.params(self.cfg.structured_output_form)
+
     def key(self, request: ChatRequest) -> str:
-        return call_key(self.model, request.messages, request.params(), request.sample_index)
+        # keyed on what is sent: the same judge prompt with and without a schema are different calls
+        return call_key(self.model, request.messages, self.params(request), request.sample_index)
 
     def complete(self, requests: list[ChatRequest], *, category: str | None = None, label: str = "calls",
                  progress: Callable[[int, int, dict], None] | None = None) -> list[ChatResult]:
@@ -440,7 +464,7 @@ class LLMSession:
                     # chat.completions.create, without re-validating our plain-dict messages per request
                     # (that transform alone costs ~2 ms of CPU per call at hundreds of calls/s)
                     raw = await client.post("/chat/completions", cast_to=httpx2.Response,
-                                            body={"model": self.model, "messages": req.messages, **req.params()})
+                                            body={"model": self.model, "messages": req.messages, **self.params(req)})
                     latency = time.monotonic() - t0
                     try:
                         body = json.loads(raw.content)
@@ -586,7 +610,7 @@ class VLLMEngine:
 
         out = []
         params = [SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, top_p=r.top_p or 1.0,
-                                 seed=r.sample_index) for r in requests]
+                                 seed=r.sample_index, **self._structured(r)) for r in requests]
         t0 = time.monotonic()
         generations = self.llm.chat([r.messages for r in requests], params, use_tqdm=sys.stderr.isatty())
         latency = (time.monotonic() - t0) / max(1, len(requests))
@@ -599,3 +623,16 @@ class VLLMEngine:
                                   comp.finish_reason, pt, ct, latency, session.cfg.cost(pt, ct), 1,
                                   None if status == OK else "empty content"))
         return out
+
+    @staticmethod
+    def _structured(req: ChatRequest) -> dict:
+        if req.json_schema is None:
+            return {}
+        try:  # vLLM >= 0.10
+            from vllm.sampling_params import StructuredOutputsParams
+
+            return {"structured_outputs": StructuredOutputsParams(json=req.json_schema)}
+        except ImportError:
+            from vllm.sampling_params import GuidedDecodingParams
+
+            return {"guided_decoding": GuidedDecodingParams(json=req.json_schema)}

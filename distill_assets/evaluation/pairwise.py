@@ -19,7 +19,9 @@ from distill_assets.evaluation.metrics import bootstrap_ci
 from resources.llm import ChatRequest
 
 # The guide's judge prompt (Step 3 / evaluate.py), asking for a short rationale first so that the failure
-# analysis can show why a pair was lost, and a final "Winner:" line that parses unambiguously.
+# analysis can show why a pair was lost, then the winner. The answer is a JSON object sent as structured output
+# (VERDICT_SCHEMA), so even a small judge answers readably; a "Winner: X" line is read too, for servers
+# without structured output.
 JUDGE_PROMPT = """Compare these two responses to the same prompt.
 
 Prompt: {prompt}
@@ -29,27 +31,44 @@ Response A: {response_a}
 Response B: {response_b}
 
 Which response is better? Consider accuracy, helpfulness, and clarity.
-Give a one- or two-sentence reason, then answer on the last line with just: Winner: A, Winner: B, or Winner: tie"""
+Give a one-sentence reason, then the winner: A, B, or tie.
+Answer with JSON only, like {{"reason": "one sentence", "winner": "A"}}"""
+
+
+def verdict_schema(max_tokens: int) -> dict:
+    """Reason first (the judge reasons before it decides), short enough that "winner" fits in max_tokens."""
+    return {
+        "type": "object",
+        "properties": {"reason": {"type": "string", "maxLength": max(16, (max_tokens - 16) * 2)},
+                       "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
+        "required": ["reason", "winner"],
+        "additionalProperties": False,
+    }
 
 WIN, TIE, LOSS = "win", "tie", "loss"
 UNPARSEABLE, JUDGE_ERROR = "unparseable", "judge_error"
 ORDERS = ("ab", "ba")  # ab: candidate is A; ba: candidate is B
 
 _WINNER_LINE = re.compile(r"winner\s*[:\-]?\s*\**\s*(response\s+)?(a|b|tie|draw)\b", re.IGNORECASE)
+_JSON_WINNER = re.compile(r'"winner"\s*:\s*"\s*(?:response\s+)?(a|b|tie|draw)\s*"', re.IGNORECASE)
 _BARE = re.compile(r"^\W*(?:response\s+)?(a|b|tie|draw)\W*$", re.IGNORECASE)
 
 
 def parse_verdict(text: str | None) -> str | None:
     """'A', 'B' or 'tie' from a judge answer; None when it cannot be read.
 
-    The last explicit "Winner: X" wins (a rationale may mention both letters). Without one, only an answer
+    A JSON `"winner": "X"` (the structured answer) is read first. Otherwise the last explicit "Winner: X" wins
+    (a rationale may mention both letters). Without one, only an answer
     that is nothing but the letter or 'tie' counts -- never a substring search like the guide's
     `if "a" in result`, which reads any word containing an 'a' as a win.
     """
     if not text or not text.strip():
         return None
     hits = _WINNER_LINE.findall(text)
-    if hits:
+    json_hits = _JSON_WINNER.findall(text)
+    if json_hits:
+        v = json_hits[-1].lower()
+    elif hits:
         v = hits[-1][1].lower()
     else:
         m = _BARE.match(text.strip().splitlines()[-1]) if text.strip() else None
@@ -87,7 +106,8 @@ def build_requests(pairs: pd.DataFrame, max_tokens: int = 256) -> list[ChatReque
             a, b = ((p.candidate_response, p.opponent_response) if order == "ab"
                     else (p.opponent_response, p.candidate_response))
             reqs.append(ChatRequest(messages=judge_messages(p.prompt, a, b), temperature=0.0, max_tokens=max_tokens,
-                                    sample_index=0, tag=(p.pair_id, order)))
+                                    sample_index=0, json_schema=verdict_schema(max_tokens), schema_name="verdict",
+                                    tag=(p.pair_id, order)))
     return reqs
 
 

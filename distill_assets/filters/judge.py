@@ -1,7 +1,9 @@
 """`judged`: LLM-as-judge quality scoring (the guide's Filter 3), 1-5 on accuracy, helpfulness, coherence.
 
-The judge is asked for a short JSON object but any reasonable answer is accepted ("4", "Score: 4/5",
-"**Overall quality: 4**", JSON in a fence). An answer that cannot be read is never turned into a score:
+The judge is asked for a short JSON object, sent as structured output (a JSON schema: constrained decoding on
+llama.cpp and vLLM, strict mode on OpenAI), so even the embedded 135M judge answers in a readable form.
+Servers without structured output (`structured_output: off`) get the same prompt, and any reasonable answer is
+accepted ("4", "Score: 4/5", "**Overall quality: 4**", JSON in a fence). An answer that cannot be read is never turned into a score:
 it is asked once more, and if still unreadable the row gets its own reason `judge_unparseable` (distilabel
 #55 crashed on "7.5"; openai/evals #1712 turned unparseable into the minimum score). A judge call that
 fails outright is `judge_error`, quarantined rather than scored low, so a rerun re-judges it.
@@ -40,6 +42,20 @@ Instruction: {instruction}
 Response: {response}
 
 Answer with JSON only, like {{"accuracy": 4, "helpfulness": 4, "coherence": 5, "overall": 4, "rationale": "one short sentence"}}"""
+
+def judge_schema(max_tokens: int) -> dict:
+    """The JSON schema of a verdict, sent as structured output: integer scores first, then a rationale short
+    enough that the whole object fits in `max_tokens` (about 2 characters a token, ~30 tokens of scores)."""
+    score = {"type": "integer", "enum": [1, 2, 3, 4, 5]}
+    return {
+        "type": "object",
+        "properties": {**{k: score for k in SUBSCORES}, "overall": score,
+                       "rationale": {"type": "string", "maxLength": max(24, (max_tokens - 32) * 2)}},
+        "required": [*SUBSCORES, "overall", "rationale"],
+        "additionalProperties": False,
+    }
+
+
 RETRY_NUDGE = ('Your answer could not be read. Reply with only the JSON object, for example '
                '{"accuracy": 3, "helpfulness": 4, "coherence": 4, "overall": 4, "rationale": "..."}')
 
@@ -230,8 +246,9 @@ def judge_messages(row: dict, cat: Category) -> list[dict]:
 
 
 def _request(messages: list[dict], cat: Category, sample_index: int, tag) -> ChatRequest:
-    return ChatRequest(messages=messages, temperature=0.0, max_tokens=cat.filters.judge_max_tokens,
-                       sample_index=sample_index, tag=tag)
+    max_tokens = cat.filters.judge_max_tokens
+    return ChatRequest(messages=messages, temperature=0.0, max_tokens=max_tokens, sample_index=sample_index,
+                       json_schema=judge_schema(max_tokens), schema_name="judgement", tag=tag)
 
 
 def judge_frame(df: pd.DataFrame, cat: Category, complete: Callable[[list[ChatRequest]], list[ChatResult]],

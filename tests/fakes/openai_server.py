@@ -45,6 +45,8 @@ class FakeOpenAIServer:
     answered: Counter = field(default_factory=Counter)  # body hash -> count of 200 OK with content
     faults_sent: Counter = field(default_factory=Counter)
     total: int = 0
+    keep_bodies: bool = False  # keep every request body in `bodies` (tests that inspect what was sent)
+    bodies: list = field(default_factory=list)
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
@@ -142,6 +144,8 @@ class FakeOpenAIServer:
         with self._lock:
             self.total += 1
             self.requests[key] += 1
+            if self.keep_bodies:
+                self.bodies.append(body)
             fault = self._rng.choice(self.faults) if self._rng.random() < self.fault_rate else None
         if self.latency_s:
             await asyncio.sleep(self.latency_s)

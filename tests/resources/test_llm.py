@@ -140,3 +140,34 @@ def test_journal_replay_recovers_rows(store, tmp_path):
     assert replay_journals(store, journal) == 1
     assert store.query_df("SELECT response FROM teacher_calls WHERE call_key = 'k1'")["response"][0] == "hi"
     assert not list(journal.glob("*.jsonl"))
+
+
+SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3]}},
+          "required": ["score"], "additionalProperties": False}
+
+
+def test_json_schema_goes_out_in_the_backends_wire_form(store):
+    req = ChatRequest(messages=[{"role": "user", "content": "rate"}], json_schema=SCHEMA, schema_name="judgement")
+    with FakeOpenAIServer(keep_bodies=True) as srv:
+        with _llm(srv).session(store) as s:  # a remote server: the OpenAI form
+            openai_key = s.key(req)
+            assert s.complete([req])[0].ok
+        with _llm(srv, structured_output="json_object").session(store) as s:  # llama-cpp-python's form
+            llama_key = s.key(req)
+            assert s.complete([req])[0].ok
+        with _llm(srv, structured_output="off").session(store) as s:
+            off_key = s.key(req)
+            assert s.complete([req])[0].ok
+    sent = [b.get("response_format") for b in srv.bodies]
+    assert sent == [{"type": "json_schema", "json_schema": {"name": "judgement", "schema": SCHEMA, "strict": True}},
+                    {"type": "json_object", "schema": SCHEMA}, None]
+    assert len({openai_key, llama_key, off_key}) == 3  # keyed on what is sent, so no form answers for another
+    ledger = store.query_df("SELECT request_json FROM teacher_calls")["request_json"]
+    assert ledger.str.contains('"response_format"').sum() == 2
+
+
+def test_embedded_server_defaults_to_llama_cpp_form():
+    assert LLMResource().structured_output_form == "json_object"
+    assert LLMResource(base_url="http://x/v1", model="m").structured_output_form == "json_schema"
+    plain = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    assert "response_format" not in plain.params("json_object")  # no schema: nothing changes for generation
