@@ -32,6 +32,23 @@ MODULES = [
 ]
 
 
+# Who answers for each stage in the UI (asset owners) and the tags the catalog filters on. Edit here, not per asset.
+STAGE_OWNERS = {
+    "seeds": "team:data", "generation": "team:data", "filtering": "team:data", "dataset": "team:data",
+    "training": "team:training", "export": "team:training", "evaluation": "team:eval", "production": "team:eval",
+}
+# Assets that use a GPU when one is there (vLLM teacher, QLoRA, AWQ) and run on CPU otherwise, or need one.
+ACCELERATOR = {"raw_generations": "cuda-optional", "lora_adapter": "cuda-optional",
+               "eval_report": "cuda-optional", "awq_export": "cuda"}
+
+
+def _ownership(spec: dg.AssetSpec) -> dg.AssetSpec:
+    group = spec.group_name or "default"
+    tags = {"stage": group, "accelerator": ACCELERATOR.get(spec.key.to_user_string(), "cpu"), **(spec.tags or {})}
+    return spec.replace_attributes(owners=list(spec.owners) or [STAGE_OWNERS.get(group, "team:distill")],
+                                   tags=tags)
+
+
 def _collect(attr: str) -> list:
     out = []
     for name in MODULES:
@@ -40,7 +57,7 @@ def _collect(attr: str) -> list:
 
 
 defs = dg.Definitions(
-    assets=_collect("assets"),
+    assets=dg.map_asset_specs(_ownership, _collect("assets")),
     asset_checks=_collect("asset_checks"),
     sensors=_collect("sensors"),
     jobs=_collect("jobs"),

@@ -118,8 +118,6 @@ def build_eval_frame(category: Category, store: DuckDBStore | None) -> pd.DataFr
     kinds={"duckdb", "pandas"},
     code_version="eval-set-v1",
     metadata={"partition_expr": "category"},
-    owners=["team:distill"],
-    tags={"stage": "eval"},
 )
 def eval_set(context: dg.AssetExecutionContext, store: DuckDBStore) -> dg.Output[pd.DataFrame]:
     """Held-out eval examples of one category (task file `eval`, plus held-out production failures); `eval_id`

@@ -341,8 +341,6 @@ def category_cost(store: DuckDBStore, call_keys: list[str]) -> dict[str, float]:
     code_version="generation-v1",
     metadata={"partition_expr": "category"},
     pool="teacher",
-    owners=["team:distill"],
-    tags={"stage": "generation"},
     ins={"seed_prompts": dg.AssetIn("seed_prompts")},
 )
 def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFrame, store: DuckDBStore,

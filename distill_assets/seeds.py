@@ -156,8 +156,6 @@ def production_rows(store: DuckDBStore, category: str) -> pd.DataFrame:
     kinds={"duckdb", "pandas"},
     code_version="seeds-v1",
     metadata={"partition_expr": "category"},
-    owners=["team:distill"],
-    tags={"stage": "seeds"},
 )
 def seed_prompts(context: dg.AssetExecutionContext, store: DuckDBStore) -> dg.Output[pd.DataFrame]:
     """Seed prompts of one category (task file `seeds`, plus production failures routed to it), validated

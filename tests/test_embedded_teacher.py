@@ -1,6 +1,7 @@
 """The real embedded teacher: llama.cpp serving the packaged SmolLM2-135M-Instruct over the OpenAI protocol."""
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from distill_assets import tasks as tasks_mod
@@ -44,3 +45,28 @@ def test_embedded_llama_cpp_teacher_generates_and_caches(tiny_task, duck_resourc
     md = r2.asset_materializations_for_node("raw_generations")[0].metadata
     assert md["calls_from_cache"].value == md["calls"].value
     assert store.query_df("SELECT count(*) AS n FROM teacher_calls")["n"][0] == calls
+
+
+def test_embedded_judge_answers_follow_the_verdict_schema(store):
+    """Constrained decoding on the real llama.cpp server: the 135M judge's answers are always readable."""
+    import json
+
+    from distill_assets.evaluation.pairwise import build_requests, parse_verdict
+    from distill_assets.filters.judge import judge_frame, parse_judge_answer
+    from distill_assets.tasks import load_tasks
+    from tests.filters.test_judge import _frame
+
+    cat = load_tasks().category("support")
+    cat = cat.model_copy(update={"filters": cat.filters.model_copy(update={"judge_max_tokens": 48})})
+    with LLMResource(role="judge", embedded_threads=2).session(store) as s:
+        out = judge_frame(_frame(3), cat, lambda reqs: s.complete(reqs, category="support"))
+        assert set(out["judge_status"]) == {"ok"}  # no unparseable answer, so no retry call
+        assert out["judge_score"].between(1, 5).all()
+        pairs = pd.DataFrame([{"pair_id": "p0", "category": "support", "prompt": "Where is my parcel?",
+                               "candidate_response": "It ships in 2 days.", "opponent_response": "No idea."}])
+        verdicts = s.complete(build_requests(pairs, max_tokens=48))
+        assert all(parse_verdict(v.content) in {"A", "B", "tie"} for v in verdicts)
+    raw = store.query_df("SELECT response FROM teacher_calls WHERE request_json LIKE ?",
+                         ['%"overall": {"type": "integer"%'])["response"]
+    assert len(raw) == 3 and all(parse_judge_answer(r).ok for r in raw)
+    assert all(json.loads(r) for r in raw if r.rstrip().endswith("}"))

@@ -63,6 +63,8 @@ class EvalReportConfig(dg.Config):
     gguf_n_ctx: int = Field(default=2048, ge=256)
     gguf_timeout_s: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, ge=1, description="CPU threads for local variants")
+    hf_batch_size: int = Field(default=8, ge=1, description="transformers variants: prompts per generate(); "
+                                                           "1 measures one request at a time")
     code_timeout_s: float = Field(default=5.0, gt=0)
 
 
@@ -154,7 +156,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalReportConfig, eva
     s_gens, s_eff = vr.run_variants(
         [s for s in specs if s.kind != "teacher"], items, max_new_tokens=config.max_new_tokens, teacher_complete=None,
         teacher_price=price, usd_per_hour=config.hardware_usd_per_hour, threads=threads,
-        gguf_n_ctx=config.gguf_n_ctx, gguf_timeout_s=config.gguf_timeout_s, log=log)
+        gguf_n_ctx=config.gguf_n_ctx, gguf_timeout_s=config.gguf_timeout_s,
+        hf_batch_size=config.hf_batch_size, log=log)
     gens = pd.concat([t_gens, s_gens], ignore_index=True)
     efficiency = pd.DataFrame(t_eff.to_dict("records") + s_eff.to_dict("records"))
 

@@ -187,8 +187,10 @@ def generate_teacher(complete: Callable, items: list[dict], max_new_tokens: int)
 
 
 def generate_hf(model_dir: str, items: list[dict], variant: str, max_new_tokens: int,
-                threads: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """Greedy transformers generation with the model's chat template, one request at a time."""
+                threads: int | None = None, batch_size: int = 8) -> tuple[pd.DataFrame, dict]:
+    """Greedy transformers generation with the model's chat template, `batch_size` prompts per generate()
+    (left-padded). Each answer's latency is the wall time of its batch: what a caller served in that batch
+    waits. batch_size=1 measures one request at a time."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -199,6 +201,7 @@ def generate_hf(model_dir: str, items: list[dict], variant: str, max_new_tokens:
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(model_dir)
+        tok.padding_side = "left"  # decoder-only: new tokens follow the prompt directly
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if device == "cpu" else "auto")
         model.to(device).eval()
         load_s = time.perf_counter() - t0
@@ -208,32 +211,49 @@ def generate_hf(model_dir: str, items: list[dict], variant: str, max_new_tokens:
         elif model.generation_config.eos_token_id:
             eos.update(model.generation_config.eos_token_id)
         pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos), 0)
-        for it in items:
+        if tok.pad_token_id is None:
+            tok.pad_token_id = pad
+
+        def failed(it: dict, e: Exception) -> dict:
+            return {"example_id": it["example_id"], "variant": variant, "category": it["category"],
+                    "response": None, "latency_s": None, "prompt_tokens": 0, "completion_tokens": 0,
+                    "finish_reason": None, "error": f"{type(e).__name__}: {e}"[:300]}
+
+        def run_batch(batch: list[dict]) -> list[dict]:
+            texts = [tok.apply_chat_template(it["messages"], add_generation_prompt=True, tokenize=False)
+                     for it in batch]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            width = int(enc["input_ids"].shape[1])
+            t = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                     eos_token_id=sorted(eos) or None)
+            latency = time.perf_counter() - t
+            done = []
+            for j, it in enumerate(batch):
+                new = out[j, width:].tolist()
+                stop = next((k for k, t_ in enumerate(new) if t_ in eos), None)
+                if stop is not None:
+                    new = new[:stop]  # the EOS and the padding a finished row gets while the batch runs on
+                done.append({"example_id": it["example_id"], "variant": variant, "category": it["category"],
+                             "response": tok.decode(new, skip_special_tokens=True), "latency_s": latency,
+                             "prompt_tokens": int(enc["attention_mask"][j].sum()), "completion_tokens": len(new),
+                             "finish_reason": "stop" if stop is not None else "length", "error": None})
+            return done
+
+        for b in range(0, len(items), batch_size):
+            batch = items[b:b + batch_size]
             try:
-                enc = tok.apply_chat_template(it["messages"], add_generation_prompt=True, return_tensors="pt",
-                                              return_dict=True)
-                enc = {k: v.to(device) for k, v in enc.items()}
-                n_in = int(enc["input_ids"].shape[1])
-                t = time.perf_counter()
-                with torch.inference_mode():
-                    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                         eos_token_id=sorted(eos) or None)
-                latency = time.perf_counter() - t
-                new = out[0, n_in:].tolist()
-                stopped = bool(new) and new[-1] in eos
-                text = tok.decode(new, skip_special_tokens=True)
-                rows.append({"example_id": it["example_id"], "variant": variant, "category": it["category"],
-                             "response": text, "latency_s": latency, "prompt_tokens": n_in,
-                             "completion_tokens": len(new) - (1 if stopped else 0),
-                             "finish_reason": "stop" if stopped or len(new) < max_new_tokens else "length",
-                             "error": None})
-            except Exception as e:  # one bad prompt (e.g. over the context) must not lose the variant
-                rows.append({"example_id": it["example_id"], "variant": variant, "category": it["category"],
-                             "response": None, "latency_s": None, "prompt_tokens": 0, "completion_tokens": 0,
-                             "finish_reason": None, "error": f"{type(e).__name__}: {e}"[:300]})
+                rows.extend(run_batch(batch))
+            except Exception:  # one bad prompt (e.g. over the context) must not lose the batch: one at a time
+                for it in batch:
+                    try:
+                        rows.extend(run_batch([it]))
+                    except Exception as e:
+                        rows.append(failed(it, e))
         del model
     return pd.DataFrame(rows, columns=GEN_COLUMNS), {
-        "backend": f"transformers ({device})", "load_s": load_s, "peak_mem_mb": mem.delta_mb,
+        "backend": f"transformers ({device}, batch {batch_size})", "load_s": load_s, "peak_mem_mb": mem.delta_mb,
         "peak_gpu_mem_mb": (mem.cuda_peak / 2**20) if mem.cuda_peak else None}
 
 
@@ -388,7 +408,7 @@ def skipped_row(variant: str, reason: str) -> dict:
 def run_variants(specs: list[VariantSpec], items: list[dict], *, max_new_tokens: int,
                  teacher_complete: Callable | None, teacher_price: dict, usd_per_hour: float,
                  threads: int | None = None, gguf_n_ctx: int = 2048, gguf_timeout_s: float | None = None,
-                 log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 hf_batch_size: int = 8, log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate with every runnable variant; returns (generations, efficiency). A variant that cannot run
     here or fails is one efficiency row with its reason, never a silent gap."""
     gens, eff = [], []
@@ -409,7 +429,7 @@ def run_variants(specs: list[VariantSpec], items: list[dict], *, max_new_tokens:
             if spec.kind == "teacher":
                 g, info = generate_teacher(teacher_complete, items, max_new_tokens), {"backend": "teacher endpoint"}
             elif spec.kind == "hf":
-                g, info = generate_hf(spec.path, items, spec.name, max_new_tokens, threads)
+                g, info = generate_hf(spec.path, items, spec.name, max_new_tokens, threads, hf_batch_size)
             elif spec.kind == "gguf":
                 g, info = generate_gguf(spec.path, items, spec.name, max_new_tokens, gguf_n_ctx, threads,
                                         gguf_timeout_s)

@@ -83,7 +83,7 @@ def merge_parity(base_dir: str | Path, adapter_dir: str | Path, merged_dir: str 
 
 @dg.asset(
     deps=[lora_adapter],
-    group_name="export",
+    group_name="training",
     kinds={"pytorch", "safetensors"},
     pool="training",
     code_version="merged_model_v1",

@@ -35,8 +35,6 @@ def decontaminate(df: pd.DataFrame, eval_set: pd.DataFrame, category: Category, 
     kinds={"duckdb", "pandas"},
     code_version="decontaminate-v1",
     metadata={"partition_expr": "category"},
-    owners=["team:distill"],
-    tags={"stage": "filter"},
 )
 def decontaminated(context: dg.AssetExecutionContext, store: DuckDBStore, embedder: EmbedderResource,
                    balanced: pd.DataFrame, eval_set: pd.DataFrame) -> dg.Output[pd.DataFrame]:

@@ -82,6 +82,18 @@ def test_unparseable_and_errors_are_their_own_states():
     ("Response A is wrong but B is right.\nWinner: B", "B"), ("**Winner:** A", "A"),
     ("Winner: Response B", "B"), ("7.5", None), ("a banana", None), ("", None), (None, None),
     ("Both are fine, hard to say", None),
+    ('{"reason": "B is correct", "winner": "B"}', "B"), ('{"reason": "Winner: A looked good", "winner": "tie"}', "tie"),
+    ('{"reason": "same", "winner" : " A "}', "A"), ('{"reason": "cut off', None),
 ])
 def test_parse_verdict(text, expected):
     assert pw.parse_verdict(text) == expected
+
+
+def test_verdicts_are_asked_for_as_structured_output():
+    complete, calls = _judge(lambda p: '{"reason": "same", "winner": "tie"}')
+    judged = pw.judge_pairs(_pairs(1), complete, max_tokens=48)
+    assert judged["judge_verdict"].tolist() == ["tie"]
+    schema = calls[0].json_schema
+    assert list(schema["properties"]) == ["reason", "winner"]  # reason first: the judge reasons, then decides
+    assert schema["properties"]["winner"]["enum"] == ["A", "B", "tie"]
+    assert schema["properties"]["reason"]["maxLength"] == (48 - 16) * 2

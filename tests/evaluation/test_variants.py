@@ -65,3 +65,19 @@ def test_gguf_generation_in_a_worker_process():
     again, _ = vr.generate_gguf(str(embedded_teacher_gguf()), items[:1], "gguf_q4_1", max_new_tokens=6, n_ctx=512,
                                 threads=1, timeout_s=240)
     assert again.iloc[0]["response"] == gens.iloc[0]["response"]  # greedy: deterministic
+
+
+def test_batched_hf_generation_matches_one_at_a_time(tmp_path_factory):
+    from tests.training.tiny_model import session_dirs
+
+    base = str(session_dirs(tmp_path_factory)["base"])
+    items = [{"example_id": f"e{i}", "category": "c", "messages": [{"role": "user", "content": q}]}
+             for i, q in enumerate(["Say hi.", "What is the capital of France? Answer in one word.", "2+2?"])]
+    one, _ = vr.generate_hf(base, items, "base_student", max_new_tokens=8, threads=1, batch_size=1)
+    batched, info = vr.generate_hf(base, items, "base_student", max_new_tokens=8, threads=1, batch_size=3)
+    assert batched["error"].isna().all() and info["backend"] == "transformers (cpu, batch 3)"
+    cols = ["example_id", "response", "prompt_tokens", "completion_tokens", "finish_reason"]
+    # left padding changes nothing for greedy decoding: same tokens, same prompt lengths (padding not counted)
+    assert batched[cols].to_dict("records") == one[cols].to_dict("records")
+    assert batched["latency_s"].nunique() == 1  # every answer of a batch waits for the whole batch
+    assert (batched["completion_tokens"] <= 8).all()

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from distill_assets.filters.judge import RETRY_NUDGE, judge_frame, parse_judge_answer
+from distill_assets.filters.judge import RETRY_NUDGE, judge_frame, judge_schema, parse_judge_answer
 from distill_assets.tasks import load_tasks
 from resources.llm import LLMResource
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -18,6 +18,8 @@ from tests.fakes.openai_server import FakeOpenAIServer
     ('{"accuracy": 4, "helpfulness": 5, "coherence": 4, "overall": 4, "rationale": "fine"}', 4.0, "json"),
     ('Sure!\n```json\n{"overall": "5", "rationale": "great"}\n```', 5.0, "json"),
     ('{"scores": {"accuracy": 2, "helpfulness": 3, "coherence": 4}}', 3.0, "subscores_mean"),
+    # a structured answer cut short by max_tokens inside its rationale still carries its scores
+    ('{ "accuracy": 4, "helpfulness": 1, "coherence" : 2, "overall" : 3, "rationale" : "the resp', 3.0, "overall"),
     ("Accuracy: 4\nHelpfulness: 5\nCoherence: 3", 4.0, "subscores_mean"),
 ])
 def test_parse_readable(text, score, source):
@@ -148,3 +150,17 @@ def test_materialize_judged_records_and_caches(duck_resources, store):
         res2 = dg.materialize([deduplicated_stand_in, judged], resources=resources, partition_key="support")
         assert res2.success and srv.total == first_total
         assert res2.output_for_node("judged")["reason"].tolist() == out["reason"].tolist()
+
+
+def test_judge_requests_carry_the_verdict_schema(store):
+    cat = _support(judge_max_tokens=48)
+    with FakeOpenAIServer(responder=scripted, keep_bodies=True) as srv:
+        with _judge(srv).session(store) as s:
+            judge_frame(_frame(1), cat, lambda reqs: s.complete(reqs, category="support"), "fake-judge")
+    fmt = srv.bodies[0]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "judgement"
+    schema = fmt["json_schema"]["schema"]
+    assert schema == judge_schema(48)
+    assert list(schema["properties"]) == ["accuracy", "helpfulness", "coherence", "overall", "rationale"]
+    assert schema["properties"]["overall"]["enum"] == [1, 2, 3, 4, 5]
+    assert schema["properties"]["rationale"]["maxLength"] == 32  # scores (~30 tokens) + rationale fit in 48
