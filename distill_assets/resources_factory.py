@@ -42,6 +42,7 @@ def llm_from_env(prefix: str, role: str, fallback: str | None = None) -> LLMReso
         ("price_completion_per_1m", "PRICE_COMPLETION_PER_1M", float),
         ("max_budget_usd", "MAX_BUDGET_USD", float), ("max_total_tokens", "MAX_TOTAL_TOKENS", int),
         ("request_timeout_s", "TIMEOUT_S", float), ("max_retries", "MAX_RETRIES", int),
+        ("structured_output", "STRUCTURED_OUTPUT", str),
     ]:
         v, _ = pick(suffix)
         if v is not None:
