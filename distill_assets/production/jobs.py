@@ -73,9 +73,16 @@ def follow_upstream_condition() -> dg.AutomationCondition:
     """Optional automation for downstream assets (documented in docs/production_loop.md): materialize after
     upstream updates, but only once every upstream blocking check has passed and nothing upstream is still
     running. Owners of `lora_adapter` & co. can set `automation_condition=follow_upstream_condition()` and
-    enable `default_automation_condition_sensor` instead of relying on production_train_sensor."""
-    return (dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label(
-        "eager_after_blocking_checks")
+    enable `default_automation_condition_sensor` instead of relying on production_train_sensor.
+
+    Not `all_deps_blocking_checks_passed()`: a dependency "matches" there when *any* of its partitions does, so an
+    unpartitioned `lora_adapter` would train while one category's contamination check is failing. Here no
+    partition of any dependency may have a blocking check that is not passed (or about to run this tick)."""
+    checks_ok = dg.AutomationCondition.all_checks_match(
+        dg.AutomationCondition.check_passed() | dg.AutomationCondition.will_be_requested(), blocking_only=True)
+    every_partition_ok = (~dg.AutomationCondition.any_deps_match(~checks_ok)).with_label(
+        "every_dep_partition_blocking_checks_passed")
+    return (dg.AutomationCondition.eager() & every_partition_ok).with_label("eager_after_blocking_checks")
 
 
 jobs = [production_retrain_job, production_train_job]

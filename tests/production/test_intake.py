@@ -74,7 +74,8 @@ def test_heldout_split_is_deterministic_and_near_the_fraction(store):
     share = (df["split"] == "heldout").mean()
     assert abs(share - frac) < 0.07
     assert ((df["split"] == "heldout") == (df["status"] == "held_out")).all()
-    assert all(intake.is_held_out(f, frac) == (s == "heldout") for f, s in zip(df["failure_id"], df["split"]))
+    assert all(intake.is_held_out(intake.split_key(c, i), frac) == (s == "heldout")
+               for c, i, s in zip(df["category"], df["input"], df["split"]))
     # never a seed, always an eval row
     seeds = intake.production_seed_rows(store, "math")
     held = intake.heldout_failure_rows(store, "math")
@@ -125,3 +126,34 @@ def test_csv_intake(store, tmp_path):
     r = intake.ingest_file(store, f, source="cli")
     assert r.inserted == 1 and r.rejected == 1
     assert intake.list_failures(store).iloc[0]["source"].startswith("cli:")
+
+
+def test_same_prompt_with_other_bad_outputs_stays_on_one_side_of_the_split(store):
+    """Two failures with one prompt must never be split into a seed and an eval row (contamination)."""
+    frac = load_tasks().category("support").heldout_failure_fraction
+    prompts = [f"Where is my order number {i}?" for i in range(60)]
+    intake.add_failures(store, [{"category": "support", "input": p, "bad_output": "first answer"} for p in prompts])
+    intake.add_failures(store, [{"category": "support", "input": p, "bad_output": f"other answer {k}"}
+                                for k in range(3) for p in prompts])
+    df = intake.list_failures(store)
+    assert len(df) == 4 * len(prompts)
+    sides = df.groupby("input")["split"].nunique()
+    assert (sides == 1).all()
+    held = set(df.loc[df["split"] == "heldout", "input"])
+    assert held == {p for p in prompts if intake.is_held_out(intake.split_key("support", p), frac)}
+    assert 0 < len(held) < len(prompts)
+    assert set(intake.production_seed_rows(store, "support")["prompt"]).isdisjoint(held)
+
+
+def test_a_stored_prompt_keeps_its_split_for_later_failures(store):
+    """Rows stored under an older rule (or another fraction) decide the split of new failures with their prompt."""
+    intake.add_failures(store, [{"category": "support", "input": "Can I return a gift?", "bad_output": "no"}])
+    row = intake.list_failures(store).iloc[0]
+    flipped = "train" if row["split"] == "heldout" else "heldout"
+    store.execute("UPDATE production_failures SET split = ?, status = ? WHERE failure_id = ?",
+                  [flipped, "held_out" if flipped == "heldout" else "pending", row["failure_id"]])
+    r = intake.add_failures(store, [{"category": "support", "input": "Can I return a gift?", "bad_output": "maybe"}])
+    assert r.inserted == 1 and r.held_out == (1 if flipped == "heldout" else 0)
+    df = intake.list_failures(store)
+    assert set(df["split"]) == {flipped}
+    assert set(df["status"]) == {"held_out" if flipped == "heldout" else "pending"}

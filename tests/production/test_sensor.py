@@ -18,7 +18,7 @@ def _pending(store, cat, n, start=0, now=None):
         rec = {"category": cat, "input": f"{cat} failure number {i}", "bad_output": "wrong"}
         fid = intake.failure_id(cat, rec["input"], rec["bad_output"])
         intake.add_failures(store, [rec], now=now)
-        if not intake.is_held_out(fid, 0.2):
+        if not intake.is_held_out(intake.split_key(cat, rec["input"]), 0.2):
             added.append(fid)
         i += 1
     return added, i
