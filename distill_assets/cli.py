@@ -336,8 +336,8 @@ def cmd_failures_list(args: argparse.Namespace) -> int:
         filt = " matching the filters" if (args.status or args.category) else " reported yet: distill failures add FILE"
         print(f"(no failures{filt})")
         return 0
-    cols = [c for c in ("failure_id", "category", "status", "source", "reported_at", "input", "bad_output")
-            if c in out.columns]
+    cols = [c for c in ("failure_id", "category", "status", "split", "resolved_by", "source", "reported_at", "input",
+                        "bad_output") if c in out.columns]
     view = out[cols].copy() if cols else out
     for c in ("input", "bad_output"):
         if c in view.columns:

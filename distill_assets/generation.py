@@ -171,10 +171,45 @@ def _derived_seed(category: Category, parent: dict, instruction: str, difficulty
             "entry_point": None, "source": "synthetic" if parent.get("source") != "production" else "production"}
 
 
-def initial_steps(category: Category, seeds: pd.DataFrame) -> list[Step]:
-    rows = seeds.to_dict("records")
+def _self_instruct_step(category: Category, examples: list[dict], n: int, call: int) -> Step:
+    req = ChatRequest(self_instruct_messages(category, [e["prompt"] for e in examples], n),
+                      max(category.temperature, 0.7), 64 * n + 64, sample_index=call)
+    return Step("write_instructions", "self_instruct", examples[0], req,
+                parent_ids=[e["seed_id"] for e in examples], n=n)
+
+
+def _evolve_step(category: Category, s: dict, rounds: int) -> Step:
+    op = evol_operation(s["seed_id"], 1)
+    return Step("evolve", "evol_instruct", s, ChatRequest(evol_messages(s["prompt"], op), category.temperature, 256),
+                instruction=s["prompt"], parent_ids=[s["seed_id"]],
+                evol_chain=[{"seed_id": s["seed_id"], "operation": None}], round=1, n=rounds)
+
+
+def production_steps(category: Category, rows: list[dict]) -> list[Step]:
+    """Reported production failures are the point of a targeted run, so every one is answered by the teacher
+    and gets variants near it (Evol-Instruct, else Self-Instruct from it), whatever the method counts."""
     methods = category.methods.enabled()
+    answer = next((m for m in ("response", "cot") if m in methods),
+                  "cot" if category.complexity == "complex" else "response")
     steps: list[Step] = []
+    for s in rows:
+        steps += _answer_steps(category, answer, s, s["prompt"], [s["seed_id"]])
+        if "self_instruct" in methods and "evol_instruct" not in methods:
+            steps.append(_self_instruct_step(category, [s], methods["self_instruct"].per_call, 0))
+        else:
+            steps.append(_evolve_step(category, s, methods["evol_instruct"].rounds if "evol_instruct" in methods else 1))
+    return steps
+
+
+def initial_steps(category: Category, seeds: pd.DataFrame) -> list[Step]:
+    """The first wave of calls. The task's method counts budget the seed file's prompts; production failures
+    (source=production) are planned on top by `production_steps`."""
+    every = seeds.to_dict("records")
+    rows = [r for r in every if r.get("source") != "production"]
+    steps = production_steps(category, [r for r in every if r.get("source") == "production"])
+    if not rows:
+        return steps
+    methods = category.methods.enabled()
     answered = set()
     for method in ("response", "cot"):
         if method in methods:
@@ -187,19 +222,11 @@ def initial_steps(category: Category, seeds: pd.DataFrame) -> list[Step]:
         k = min(spec.examples_per_prompt, len(rows))
         for call in range(-(-total // spec.per_call) if total else 0):
             n = min(spec.per_call, total - call * spec.per_call)
-            examples = [rows[(call * k + j) % len(rows)] for j in range(k)]
-            req = ChatRequest(self_instruct_messages(category, [e["prompt"] for e in examples], n),
-                              max(category.temperature, 0.7), 64 * n + 64, sample_index=call)
-            steps.append(Step("write_instructions", "self_instruct", examples[0], req,
-                              parent_ids=[e["seed_id"] for e in examples], n=n))
+            steps.append(_self_instruct_step(category, [rows[(call * k + j) % len(rows)] for j in range(k)], n, call))
     if "evol_instruct" in methods:
         spec = methods["evol_instruct"]
         for s in _take(rows, spec.count):
-            op = evol_operation(s["seed_id"], 1)
-            steps.append(Step("evolve", "evol_instruct", s, ChatRequest(evol_messages(s["prompt"], op),
-                                                                         category.temperature, 256),
-                              instruction=s["prompt"], parent_ids=[s["seed_id"]],
-                              evol_chain=[{"seed_id": s["seed_id"], "operation": None}], round=1, n=spec.rounds))
+            steps.append(_evolve_step(category, s, spec.rounds))
     if "task_specific" in methods:
         spec = methods["task_specific"]
         for s in _take(rows, spec.count):
