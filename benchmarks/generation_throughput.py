@@ -2,7 +2,8 @@
 
 A local OpenAI-compatible server answers every request after a fixed latency (default 200 ms). The bound for
 concurrency C is C / latency requests per second; the target is >= 90% of it. Then a kill -9 at 50% of the
-calls and a rerun: the number of calls paid twice must be 0.
+calls and a rerun: the number of calls paid twice must be 0. It also prints the CPU one request costs the
+client and the server process, which share the machine's cores.
 
     python benchmarks/generation_throughput.py [--n 3000] [--concurrency 64] [--latency 0.2]
 """
@@ -47,14 +48,28 @@ def guide_loop(base_url: str, prompts: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def ours(base_url: str, prompts: list[str], concurrency: int, db: str) -> tuple[float, int]:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of this process or of `pid`; the server shares the cores."""
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:  # not Linux
+        return float("nan")
+
+
+def ours(base_url: str, prompts: list[str], concurrency: int, db: str, server_pid: int) -> dict:
     llm = LLMResource(base_url=base_url, model="bench", max_concurrency=concurrency)
     reqs = [ChatRequest(messages=[{"role": "user", "content": p}], max_tokens=32) for p in prompts]
     with llm.session(DuckDBStore(database=db)) as s:
-        t0 = time.perf_counter()
+        c0, s0, t0 = cpu_seconds(), cpu_seconds(server_pid), time.perf_counter()
         res = s.complete(reqs)
         dt = time.perf_counter() - t0
-    return dt, sum(r.ok for r in res)
+        c1, s1 = cpu_seconds(), cpu_seconds(server_pid)
+    return {"seconds": dt, "ok": sum(r.ok for r in res), "client_cpu_ms": 1000 * (c1 - c0) / len(reqs),
+            "server_cpu_ms": 1000 * (s1 - s0) / len(reqs)}
 
 
 def kill_at_half(n: int, concurrency: int, latency: float, tmp: str) -> dict:
@@ -112,7 +127,9 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             g = guide_loop(url, [f"guide-{i}" for i in range(args.guide_n)])
-            dt, ok = ours(url, [f"ours-{i}" for i in range(args.n)], args.concurrency, os.path.join(tmp, "b.duckdb"))
+            o = ours(url, [f"ours-{i}" for i in range(args.n)], args.concurrency, os.path.join(tmp, "b.duckdb"),
+                     proc.pid)
+            dt, ok = o["seconds"], o["ok"]
             k = kill_at_half(min(args.n, 2000), args.concurrency, args.latency, tmp)
     finally:
         proc.terminate()
@@ -122,6 +139,8 @@ def main() -> None:
           f"{100 * args.guide_n / g / bound:>9.1f}%")
     print(f"{'distill session':28}{ok:>10}{dt:>10.2f}{ok / dt:>10.1f}{100 * ok / dt / bound:>9.1f}%")
     print(f"speedup vs guide loop: {(ok / dt) / (args.guide_n / g):.0f}x")
+    print(f"CPU per request ({os.cpu_count()} cores shared with the server): client {o['client_cpu_ms']:.2f} ms, "
+          f"server process {o['server_cpu_ms']:.2f} ms")
     print(f"\nkill -9 at 50% then rerun: {k}")
     print(f"repeated calls for keys already persisted: {k['repeated_persisted_calls']} (target 0); "
           f"{k['re_asked_in_flight_at_kill']} answers were on the wire at the kill and are asked again")

@@ -17,10 +17,10 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 import dagster as dg
 import pandas as pd
@@ -248,6 +248,9 @@ class LLMSession:
                  run_id: str, logger: Any, engine: "VLLMEngine | None" = None):
         self.cfg, self.store, self.base_url, self.model = cfg, store, base_url, model
         self.concurrency, self.run_id, self.engine = concurrency, run_id, engine
+        # imports aiohttp and resolves the proxy once per session, not per complete()
+        self.http = None if engine is not None else _ChatHTTP(base_url, cfg.api_key, concurrency,
+                                                              cfg.request_timeout_s)
         self.log = logger or log
         self.journal_dir = Path(store.database).parent / "journal"
         recovered = replay_journals(store, self.journal_dir)
@@ -394,7 +397,8 @@ class LLMSession:
                 for i, res in zip(unique, done):
                     self._record(res, requests[i], category)
             else:
-                done = _run_async(self._run_openai([requests[i] for i in unique], tracker, category))
+                done = _run_async(self._run_openai([requests[i] for i in unique], [keys[i] for i in unique],
+                                                   tracker, category))
             for i, res in zip(unique, done):
                 results[i] = res
         for i in todo:
@@ -407,51 +411,40 @@ class LLMSession:
         tracker.finish()
         return results  # type: ignore[return-value]
 
-    async def _run_openai(self, requests: list[ChatRequest], tracker: "_Progress",
+    async def _run_openai(self, requests: list[ChatRequest], keys: list[str], tracker: "_Progress",
                           category: str | None) -> list[ChatResult]:
-        import httpx2  # the openai 3.x transport
-        from openai import AsyncOpenAI
+        # `concurrency` workers over one shared queue, not a task per request behind a semaphore: a request
+        # then costs no task and no semaphore hand-over, and requests still go out in order
+        results: list[ChatResult | None] = [None] * len(requests)
+        todo = iter(range(len(requests)))
+        flushes: list[asyncio.Task] = []
+        record, step, call = self._record, tracker.step, self._call_with_retries
 
-        # Several small connection pools instead of one big one: httpcore scans every connection of a pool on
-        # each request, so at 64 connections the pool bookkeeping, not the network, bounds throughput.
-        per_pool = 8
-        n_pools = max(1, -(-self.concurrency // per_pool))
-        clients = []
-        for _ in range(n_pools):
-            limits = httpx2.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-            http = httpx2.AsyncClient(limits=limits, timeout=self.cfg.request_timeout_s)
-            clients.append(AsyncOpenAI(base_url=self.base_url, api_key=self.cfg.api_key or "not-needed",
-                                       max_retries=0, timeout=self.cfg.request_timeout_s, http_client=http))
-        in_flight = [0] * n_pools
-        sem = asyncio.Semaphore(self.concurrency)
+        async def worker() -> None:
+            for i in todo:
+                req = requests[i]
+                res = results[i] = await call(http, req, keys[i])
+                if record(res, req, category, defer_flush=True):  # journaled the moment it arrives
+                    # in a thread (DuckDB releases the GIL), and not awaited here, so this worker sends on
+                    flushes.append(asyncio.ensure_future(asyncio.to_thread(self.flush)))
+                step(res)
 
-        async def one(req: ChatRequest) -> ChatResult:
-            async with sem:
-                pool = min(range(n_pools), key=in_flight.__getitem__)
-                in_flight[pool] += 1
-                try:
-                    res = await self._call_with_retries(clients[pool], req)
-                finally:
-                    in_flight[pool] -= 1
-            if self._record(res, req, category, defer_flush=True):  # journaled the moment it arrives
-                await asyncio.to_thread(self.flush)  # DuckDB releases the GIL; the loop keeps sending
-            tracker.step(res)
-            return res
+        async with self.http.open() as http:
+            try:
+                await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(requests)))))
+            finally:
+                await asyncio.gather(*flushes, return_exceptions=True)
+        for f in flushes:
+            if f.exception() is not None:
+                raise f.exception()
+        return results  # type: ignore[return-value]
 
-        try:
-            return await asyncio.gather(*(one(r) for r in requests))
-        finally:
-            for client in clients:
-                await client.close()
-
-    async def _call_with_retries(self, client, req: ChatRequest) -> ChatResult:
-        import httpx2
-        from openai import APIConnectionError, APIStatusError, APITimeoutError
-
-        key = self.key(req)
+    async def _call_with_retries(self, http: "_ChatHTTP", req: ChatRequest, key: str) -> ChatResult:
+        params = self.params(req)
         reservation = self._reserve(req)
         if reservation is None:
             return ChatResult(key, self.model, "budget_exceeded", error=self.budget_hit)
+        payload = json.dumps({"model": self.model, "messages": req.messages, **params}).encode()
         attempts, last_error, last_status = 0, None, "error"
         started = time.monotonic()
         try:
@@ -460,14 +453,10 @@ class LLMSession:
                 retry_after = None
                 t0 = time.monotonic()
                 try:
-                    # the client's low-level post: same transport, auth, errors and timeouts as
-                    # chat.completions.create, without re-validating our plain-dict messages per request
-                    # (that transform alone costs ~2 ms of CPU per call at hundreds of calls/s)
-                    raw = await client.post("/chat/completions", cast_to=httpx2.Response,
-                                            body={"model": self.model, "messages": req.messages, **self.params(req)})
+                    raw = await http.post(payload)
                     latency = time.monotonic() - t0
                     try:
-                        body = json.loads(raw.content)
+                        body = json.loads(raw)
                         choice = body["choices"][0]
                         content = choice["message"].get("content")
                         usage = body.get("usage") or {}
@@ -491,11 +480,11 @@ class LLMSession:
                     last_status, last_error = "error", f"HTTP {code}: {str(e)[:200]}"
                     if code not in RETRYABLE_STATUS and code < 500:
                         break  # 400/401/403/404/422: retrying cannot help
-                    retry_after = _retry_after(e.response.headers)
+                    retry_after = _retry_after(e.headers)
                 except APITimeoutError:
                     last_status, last_error = "error", f"timeout after {self.cfg.request_timeout_s}s"
                 except APIConnectionError as e:
-                    last_status, last_error = "error", f"connection error: {e.__cause__ or e}"[:300]
+                    last_status, last_error = "error", f"connection error: {e}"[:300]
                 if attempt < self.cfg.max_retries:
                     self.stats["retries"] += 1
                     await asyncio.sleep(self._delay(attempt, retry_after))
@@ -511,6 +500,99 @@ class LLMSession:
             return min(retry_after, self.cfg.retry_after_cap_s) + random.uniform(0, 0.1)
         base = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * (2 ** attempt))
         return base * random.uniform(0.75, 1.25)  # jitter so retries do not arrive in waves
+
+
+class APIStatusError(Exception):
+    """The server answered with a non-2xx status; the message is the openai SDK's ("Error code: 429 - ...")."""
+
+    def __init__(self, status_code: int, message: str, headers: Any):
+        super().__init__(message)
+        self.status_code, self.headers = status_code, headers
+
+
+class APIConnectionError(Exception):
+    """No usable answer: connection refused, reset or dropped, or the response framing broke."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No complete answer within `request_timeout_s`."""
+
+
+def _status_message(code: int, raw: bytes) -> str:
+    # the openai SDK's wording: only the body's error.message is quoted, never the whole body
+    msg = f"Error code: {code}"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return msg
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"{msg} - {message}" if isinstance(message, str) and message else msg
+
+
+class _ChatHTTP:
+    """POST {base_url}/chat/completions over one keep-alive aiohttp pool of `concurrency` connections.
+
+    The openai SDK's request path (option building, httpx, httpcore's pool and h11) costs ~2 ms of CPU per call,
+    which at hundreds of calls/s on a small machine, not the server, bounds throughput; aiohttp's C parser and
+    pool cost ~0.3 ms. Headers, errors and messages are the SDK's (see APIStatusError and friends).
+    """
+
+    def __init__(self, base_url: str, api_key: str | None, concurrency: int, timeout_s: float):
+        import urllib.request
+        from urllib.parse import urlsplit
+
+        import aiohttp
+        from yarl import URL
+
+        self._aiohttp = aiohttp
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self._url = URL(self.url)
+        self.concurrency, self.timeout_s = concurrency, timeout_s
+        self._headers = {"Authorization": f"Bearer {api_key or 'not-needed'}", "Content-Type": "application/json",
+                         "Accept": "application/json", "User-Agent": f"distill aiohttp/{aiohttp.__version__}"}
+        # what AsyncOpenAI reads from the environment when not given
+        for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
+            if os.environ.get(env):
+                self._headers[header] = os.environ[env]
+        # HTTP(S)_PROXY / NO_PROXY as httpx honours them, resolved once: aiohttp's trust_env would look them up,
+        # and read ~/.netrc in a thread, on every request
+        host, scheme = urlsplit(self.url).hostname or "", urlsplit(self.url).scheme
+        self.proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(scheme)
+        self.session = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"_ChatHTTP({self.url!r})"
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator["_ChatHTTP"]:
+        """A copy with its own keep-alive pool, for one event loop (each complete() runs its own)."""
+        import copy
+
+        opened = copy.copy(self)
+        opened.session = self._aiohttp.ClientSession(
+            connector=self._aiohttp.TCPConnector(limit=self.concurrency),
+            timeout=self._aiohttp.ClientTimeout(total=self.timeout_s),  # per attempt, connecting included
+            headers=self._headers,
+        )
+        try:
+            yield opened
+        finally:
+            await opened.session.close()
+
+    async def post(self, payload: bytes) -> bytes:
+        """The response body of a 2xx answer; APIStatusError, APITimeoutError or APIConnectionError otherwise."""
+        try:
+            async with self.session.post(self._url, data=payload, proxy=self.proxy, allow_redirects=False) as resp:
+                raw = await resp.read()
+                code = resp.status
+                if not 200 <= code < 300:
+                    raise APIStatusError(code, _status_message(code, raw), resp.headers)
+                return raw
+        except asyncio.TimeoutError:
+            raise APITimeoutError(f"Request timed out after {self.timeout_s}s.") from None
+        except self._aiohttp.ClientError as e:
+            raise APIConnectionError(str(e) or type(e).__name__) from e
 
 
 def _run_async(coro):
