@@ -171,3 +171,17 @@ def test_embedded_server_defaults_to_llama_cpp_form():
     assert LLMResource(base_url="http://x/v1", model="m").structured_output_form == "json_schema"
     plain = ChatRequest(messages=[{"role": "user", "content": "hi"}])
     assert "response_format" not in plain.params("json_object")  # no schema: nothing changes for generation
+
+
+def test_env_configures_teacher_and_judge(monkeypatch):
+    from distill_assets.resources_factory import llm_from_env
+
+    monkeypatch.setenv("TEACHER_BASE_URL", "http://teacher:8000/v1")
+    monkeypatch.setenv("TEACHER_MODEL", "big")
+    monkeypatch.setenv("TEACHER_MAX_CONCURRENCY", "32")
+    monkeypatch.setenv("JUDGE_STRUCTURED_OUTPUT", "json_object")  # a llama-cpp-python judge server
+    teacher, judge = llm_from_env("TEACHER", "teacher"), llm_from_env("JUDGE", "judge", fallback="TEACHER")
+    assert (teacher.base_url, teacher.model, teacher.max_concurrency) == ("http://teacher:8000/v1", "big", 32)
+    assert teacher.structured_output_form == "json_schema"
+    assert (judge.role, judge.base_url, judge.structured_output_form) == ("judge", "http://teacher:8000/v1",
+                                                                          "json_object")
