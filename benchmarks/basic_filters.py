@@ -83,12 +83,21 @@ def main():
     tok = student_tokenizer()
     det = language_detector("en")
     df = synth(args.rows)
-    quality_verdicts(df.head(200), f, tokenizer=tok)  # warm-up: vocab bound, detector models
+    quality_verdicts(df.head(200), f, tokenizer=tok)  # warm-up: vocab bound, detector models, lexicon
+    timings: dict[str, float] = {}
     t = time.perf_counter()
-    v = quality_verdicts(df, f, tokenizer=tok)
+    v = quality_verdicts(df, f, tokenizer=tok, timings=timings)
     ours = time.perf_counter() - t
     print(f"ours:  {len(df)} rows in {ours:6.2f} s ({len(df) / ours:,.0f} rows/s); "
           f"drops {v.loc[~v['keep'], 'reason'].value_counts().to_dict()}")
+    wall = {k: s for k, s in timings.items() if not k.startswith("bulk:")}
+    print("  per rule, wall (s): " + ", ".join(f"{k} {s:.2f}" for k, s in wall.items())
+          + f"; other {ours - sum(wall.values()):.2f}")
+    print("  inside the bulk pass, thread-seconds: "
+          + ", ".join(f"{k[5:]} {s:.2f}" for k, s in timings.items() if k.startswith("bulk:")))
+    methods = pd.Series([e.get("method", e.get("language") and "detector") for e in v["evidence"]
+                         if isinstance(e, dict) and "language" in e]).value_counts().to_dict()
+    print(f"  language decided by: {methods}")
     t = time.perf_counter()
     quality_verdicts(df, f.model_copy(update={"language": None}), tokenizer=tok)
     nolang = time.perf_counter() - t
