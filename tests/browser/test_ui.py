@@ -3,7 +3,9 @@
 `dagster dev` runs on loopback with a fresh DAGSTER_HOME (telemetry off: there is no network) and a fresh
 DISTILL_HOME; the teacher is the fake OpenAI server started here, so generation takes seconds. The test
 materializes seed_prompts and raw_generations for one partition through clicks in the asset catalog, waits for
-the run to succeed in the Runs page, then opens the asset and reads its metadata and check results.
+the run to succeed in the Runs page, then opens the asset and reads its metadata and check results. Another
+test launches a backfill of two chosen categories of seed_prompts from the asset's Materialize… dialog, lets
+the daemon of `dagster dev` run it, and checks in the instance that only those partitions were materialized.
 Screenshots land in test-artifacts/ui/ (git-ignored; CI keeps them as artifacts).
 
 Needs /usr/bin/chromium (`apt-get install -y chromium`) and the playwright package (`pip install playwright`;
@@ -303,3 +305,151 @@ def test_materialize_from_ui_and_inspect(dagster_ui, page):
     for label in ("cost_usd", "preview"):
         if label not in text:
             pytest.fail(f"raw_generations overview lacks the {label!r} metadata entry")
+
+
+BACKFILL_TIMEOUT_S = 900  # two runs launched by the daemon, each a fresh process on 2 shared cores
+BACKFILL_ASSET = "seed_prompts"  # the cheapest partitioned asset: reads the demo seed files, calls no model
+
+
+def _all_partitions() -> list[str]:
+    from distill_assets.partitions import CATEGORY
+
+    return list(CATEGORY.get_partition_keys())
+
+
+def _backfill_partitions() -> list[str]:
+    # Two categories, never the one test_materialize_from_ui_and_inspect materializes, so that "only those
+    # partitions" is checked against a partition that does have a materialization from another run.
+    others = [c for c in _all_partitions() if c != PARTITION]
+    preferred = [c for c in ("math", "code") if c in others]
+    chosen = (preferred + [c for c in others if c not in preferred])[:2]
+    assert len(chosen) == 2, f"the task file needs 3 categories for this test: {_all_partitions()}"
+    return chosen
+
+
+def _materializations_by_partition(instance, asset: str) -> dict[str, list[str]]:
+    import dagster as dg
+
+    out: dict[str, list[str]] = {}
+    cursor = None
+    while True:
+        result = instance.fetch_materializations(dg.AssetKey(asset), limit=500, cursor=cursor)
+        for r in result.records:
+            out.setdefault(r.partition_key, []).append(r.run_id)
+        if not result.has_more:
+            return out
+        cursor = result.cursor
+
+
+def test_backfill_chosen_categories_from_ui(dagster_ui, page):
+    import dagster as dg
+    from dagster._core.events import DagsterEventType
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    base = dagster_ui["base"]
+    chosen = _backfill_partitions()
+    with dg.DagsterInstance.from_config(dagster_ui["env"]["DAGSTER_HOME"]) as instance:
+        before = _materializations_by_partition(instance, BACKFILL_ASSET)
+        backfills_before = {b.backfill_id for b in instance.get_backfills()}
+
+        # The asset's page: Materialize… opens the launch dialog with its partition selector.
+        page.goto(f"{base}/assets/{BACKFILL_ASSET}", wait_until="domcontentloaded")
+        _dismiss_community_dialog(page)
+        page.get_by_role("button", name=re.compile(r"Materialize…")).first.click()  # name: icon label + text
+        dialog = page.get_by_role("dialog").first
+        sync_api.expect(dialog.get_by_text(f"Launch runs to materialize {BACKFILL_ASSET}")).to_be_visible()
+        # It opens on "Custom" with nothing selected. (Clicking "Custom" again would select all 4: don't.)
+        sync_api.expect(dialog.get_by_text("0 partitions", exact=True)).to_be_visible()
+        dialog.get_by_text("Select a partition or create one").click()
+        picker = page.get_by_role("menu").filter(has=page.get_by_placeholder("Filter partitions")).first
+        for cat in chosen:
+            picker.get_by_placeholder("Filter partitions").fill(cat)
+            item = picker.get_by_role("menuitem").filter(has=page.get_by_text(cat, exact=True))
+            sync_api.expect(item).to_have_count(1)
+            item.click()
+            sync_api.expect(item.get_by_role("checkbox")).to_be_checked()
+        page.wait_for_timeout(500)  # let the checkbox animation finish for the screenshot
+        _shot(page, "10-backfill-partition-picker")
+        page.keyboard.press("Escape")  # close the partition picker, not the dialog
+        sync_api.expect(dialog.get_by_text("2 partitions", exact=True)).to_be_visible()
+        for cat in chosen:
+            sync_api.expect(dialog.get_by_text(cat, exact=True).first).to_be_visible()
+        _shot(page, "11-backfill-launch-dialog")
+        dialog.get_by_role("button", name="Launch backfill", exact=True).click()
+        sync_api.expect(page.get_by_role("dialog")).to_have_count(0)
+
+        # The UI confirms with a toast naming the backfill; the instance has it, for exactly those partitions.
+        toast = page.get_by_text(re.compile(r"Created backfill \w+"))
+        sync_api.expect(toast).to_be_visible()
+        backfill_id = re.search(r"Created backfill (\w+)", toast.inner_text()).group(1)
+        page.wait_for_timeout(800)  # the toast slides in
+        _shot(page, "12-backfill-created-toast")
+        assert set(b.backfill_id for b in instance.get_backfills()) - backfills_before == {backfill_id}
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill.is_asset_backfill
+        assert [k.to_user_string() for k in backfill.asset_selection] == [BACKFILL_ASSET]
+        if backfill.asset_backfill_data is not None:  # stored deserialized by this Dagster version
+            target = backfill.asset_backfill_data.target_subset.get_partitions_subset(dg.AssetKey(BACKFILL_ASSET))
+            assert sorted(target.get_partition_keys()) == sorted(chosen)
+
+        # The daemon that `dagster dev` started runs it: one run per partition, then the backfill completes.
+        terminal = {BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED,
+                    BulkActionStatus.CANCELED, BulkActionStatus.COMPLETED}
+        deadline = time.monotonic() + BACKFILL_TIMEOUT_S
+        while (status := instance.get_backfill(backfill_id).status) not in terminal:
+            if time.monotonic() > deadline:
+                _shot(page, "13-backfill-timeout")
+                pytest.fail(f"backfill {backfill_id} still {status.value} after {BACKFILL_TIMEOUT_S}s; "
+                            f"dagster dev log tail:\n{dagster_ui['log'].read_text()[-3000:]}")
+            time.sleep(5)
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        run_states = {r.tags.get("dagster/partition"): r.status.value for r in runs}
+        if status != BulkActionStatus.COMPLETED_SUCCESS:
+            pytest.fail(f"backfill {backfill_id} ended {status.value}; runs {run_states}; dagster dev log tail:\n"
+                        f"{dagster_ui['log'].read_text()[-3000:]}")
+        assert run_states == {cat: "SUCCESS" for cat in chosen}, run_states
+
+        # Only the chosen partitions of seed_prompts got a new materialization, each from the backfill's runs,
+        # and those runs materialized nothing else (not raw_generations downstream).
+        after = _materializations_by_partition(instance, BACKFILL_ASSET)
+        new = {p: [r for r in after.get(p, []) if r not in before.get(p, [])] for p in set(after) | set(before)}
+        touched = {p for p, rs in new.items() if rs}
+        assert touched == set(chosen), f"backfill of {chosen} materialized {sorted(touched)}"
+        backfill_runs = {r.run_id for r in runs}
+        assert all(set(new[p]) <= backfill_runs for p in chosen), new
+        assert instance.get_materialized_partitions(dg.AssetKey(BACKFILL_ASSET)) >= set(chosen)
+        for p in set(before) - set(chosen):
+            assert after[p] == before[p], f"partition {p} changed: {before[p]} -> {after[p]}"
+        for run in runs:
+            records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+            keys = {(r.event_log_entry.dagster_event.asset_key.to_user_string(), r.partition_key) for r in records}
+            assert keys == {(BACKFILL_ASSET, run.tags["dagster/partition"])}, keys
+
+    # The user's view: Runs → Backfills lists it as a success; its page shows the chosen partitions.
+    page.goto(f"{base}/runs", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Backfills").click()
+    link = page.get_by_role("link", name=re.compile(rf"\b{backfill_id}$"))  # name: icon label + id
+    row = page.locator("div[class*=VirtualizedTable_row]", has=link)
+    sync_api.expect(row).to_be_visible(timeout=120_000)
+    sync_api.expect(row.get_by_text("Success", exact=True)).to_be_visible(timeout=120_000)
+    sync_api.expect(row.get_by_text("2 partitions", exact=True)).to_be_visible()
+    sync_api.expect(row.get_by_text(BACKFILL_ASSET, exact=True).first).to_be_visible()
+    page.wait_for_timeout(1000)
+    _shot(page, "13-backfills-list")
+
+    link.click()
+    page.wait_for_url(re.compile(rf"/runs/b/{backfill_id}"))
+    sync_api.expect(page.get_by_text("Succeeded", exact=True).first).to_be_visible(timeout=120_000)
+    sync_api.expect(page.get_by_text("100% completed")).to_be_visible(timeout=120_000)
+    for cat in chosen:
+        sync_api.expect(page.get_by_text(cat, exact=True).first).to_be_visible()
+    page.wait_for_timeout(1000)
+    _shot(page, "14-backfill-detail")
+
+    # The asset's Partitions tab counts the chosen categories plus what other tests materialized, no more.
+    page.goto(f"{base}/assets/{BACKFILL_ASSET}?view=partitions", wait_until="domcontentloaded")
+    materialized = len(set(before) | set(chosen))
+    sync_api.expect(page.get_by_text(f"Materialized ({materialized})", exact=True)).to_be_visible(timeout=60_000)
+    sync_api.expect(page.get_by_text(f"Missing ({len(_all_partitions()) - materialized})", exact=True)).to_be_visible()
+    page.wait_for_timeout(1500)
+    _shot(page, "15-seed_prompts-partitions")
