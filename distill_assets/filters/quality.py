@@ -587,7 +587,8 @@ def _word_parts(buf: np.ndarray, s: np.ndarray, e: np.ndarray):
 
 
 def _word_key(first, last, ln) -> np.ndarray:
-    return _mix(first ^ (last * _K1) ^ (ln.astype(np.uint64) * _K3)) | np.uint64(1)
+    """Hash of a word's parts (the table confirms a hit on the parts themselves); never 0 (the empty slot)."""
+    return ((first * _K1) ^ (last * _K2) ^ (ln.astype(np.uint64) * _K3)) * _K2 | np.uint64(1)
 
 
 def _lower_ascii(b: np.ndarray) -> np.ndarray:
@@ -640,24 +641,68 @@ def _mojibake_rows(buf, starts, total) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1)
+def _bmp_safety() -> tuple[np.ndarray, np.ndarray]:
+    """Per BMP code point: (n-gram safe, language safe). A row whose non-ASCII characters are all safe gets the
+    per-row definition from the byte path: n-gram safe = casefold() leaves it alone and it is not whitespace (so
+    casefold().split() is ASCII lowercasing + splitting at bytes <= 0x20); language safe = not whitespace, its lower()
+    holds none of [a-zA-Z'] and it is no letter outside the Latin ranges (so the ASCII-word prescreen and the
+    script guard see what the bytes show)."""
+    ng = np.zeros(0x10000, dtype=bool)
+    lang = np.zeros(0x10000, dtype=bool)
+    for cp in range(0x80, 0x10000):
+        c = chr(cp)
+        if c.isspace():
+            continue
+        ng[cp] = c.casefold() == c
+        lang[cp] = _WORD.search(c.lower()) is None and _NON_LATIN_LETTER.match(c) is None
+    return ng, lang
+
+
+def _unsafe_rows(buf: np.ndarray, starts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows with a character the n-gram byte path cannot take, rows the language byte path cannot take)."""
+    body = buf[:total]
+    p = np.flatnonzero(body >= 0xC0)  # lead bytes of non-ASCII characters
+    ng_bad = np.zeros(len(starts), dtype=bool)
+    lang_bad = np.zeros(len(starts), dtype=bool)
+    if len(p):
+        b0, b1, b2 = (buf[p + i].astype(np.int64) for i in range(3))
+        cp = np.where(b0 < 0xE0, ((b0 & 0x1F) << 6) | (b1 & 0x3F),
+                      ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F))
+        four = b0 >= 0xF0  # outside the BMP: no table, per-row path
+        cp = np.where(four, 0, cp)
+        ng, lang = _bmp_safety()
+        rows = _row_of(starts, p)
+        ng_bad[rows[four | ~ng[cp]]] = True
+        lang_bad[rows[four | ~lang[cp]]] = True
+    return ng_bad, lang_bad
+
+
 def ngram_ratio_upper(texts: list[str], n: int = 4) -> np.ndarray:
     """An upper bound of repeat_ngram_ratio per text (exact unless two distinct n-grams share a 40-bit hash)."""
     out = np.zeros(len(texts))
     for a in range(0, len(texts), _CHUNK_ROWS):
         chunk = texts[a:a + _CHUNK_ROWS]
         _, buf, starts, nb, asc = _encode(chunk)
-        out[a:a + len(chunk)] = _ngram_chunk(chunk, buf, starts, nb, asc, n)
+        bad = _unsafe_rows(buf, starts, int(starts[-1] + nb[-1]))[0]
+        out[a:a + len(chunk)] = _ngram_chunk(chunk, buf, starts, bad, n)
     return out
 
 
-def _ngram_chunk(chunk, buf, starts, nb, asc, n=4, runs=None, low=None):
+def _ngram_chunk(chunk, buf, starts, bad, n=4, runs=None, low=None):
+    """ngram_ratio_upper of a chunk; `bad`: rows whose characters the byte path cannot take as they are."""
+    other = np.flatnonzero(bad)
+    if not len(other):
+        return _ngram_ascii(len(chunk), buf, starts, n, runs, low)
+    # those rows casefolded + whitespace-split as repeat_ngram_ratio does, re-joined with single spaces
+    norm = [" ".join(chunk[i].casefold().split()) for i in other]
+    if len(other) * 4 > len(chunk):  # many: one pass over the chunk with those rows replaced
+        chunk = list(chunk)
+        for i, t in zip(other, norm):
+            chunk[i] = t
+        return _ngram_ascii(len(chunk), *_encode(chunk)[1:3], n)
     out = _ngram_ascii(len(chunk), buf, starts, n, runs, low)
-    other = np.flatnonzero(~asc)
-    if len(other):
-        # casefold + whitespace split as repeat_ngram_ratio does, re-joined with single spaces
-        sub = [" ".join(chunk[i].casefold().split()) for i in other]
-        _, buf2, starts2, _, _ = _encode(sub)
-        out[other] = _ngram_ascii(len(sub), buf2, starts2, n)
+    out[other] = _ngram_ascii(len(norm), *_encode(norm)[1:3], n)
     return out
 
 
@@ -673,7 +718,10 @@ def _ngram_ascii(m, buf, starts, n=4, runs=None, low=None):
     nw = np.bincount(rows, minlength=m)
     distinct = np.zeros(m, dtype=np.int64)
     if len(s) >= n:
-        keys = _word_key(*_word_parts(low, s, e))
+        # a word is keyed by its first 8 bytes and its length: merging two words can only lower the distinct
+        # count, i.e. raise the bound; rows over the limit are recounted exactly anyway
+        ln = e - s
+        keys = (_load8(low, s) & _MASK8[np.minimum(ln, 8)]) * _K1 ^ ln.astype(np.uint64) * _K3
         k = len(s) - n + 1
         same = np.flatnonzero(rows[:k] == rows[n - 1:])
         g = keys[same] * _G[0]
@@ -747,12 +795,16 @@ def _lex_table(target: str) -> _LexTable:
     return _LexTable(words)
 
 
-def _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=None):
-    """Vectorized language_sample + prescreen_counts for the ASCII rows without code or URLs.
+def _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=None, bad=None):
+    """Vectorized language_sample + prescreen_counts for the rows without code or URLs whose non-ASCII characters
+    (if any) are language safe (`bad` marks the others).
 
     Returns (fast, sample_chars, words, function_words, known, lead); rows with fast False need the per-row path."""
     m = len(chunk)
-    fast = asc & ~_rows_containing(blob, starts, nb, [b"`", b"http"])
+    total = int(starts[-1] + nb[-1])
+    if bad is None:
+        bad = _unsafe_rows(buf, starts, total)[1]
+    fast = ~bad & ~_rows_containing(blob, starts, nb, [b"`", b"http"])
     s, e = runs
     rows = _rows_of_sorted(s, starts)
     k = np.bincount(rows, minlength=m)
@@ -761,13 +813,18 @@ def _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=None):
     chars = np.zeros(m, dtype=np.int64)
     sample_end = starts.copy()
     if len(s):
-        cs = np.cumsum(e - s + 1)
+        width = e - s  # characters per word: bytes less UTF-8 continuation bytes
+        if not asc.all():
+            cont = np.flatnonzero((buf[:total] & 0xC0) == 0x80)
+            width = width - np.bincount(np.searchsorted(s, cont, side="right") - 1, minlength=len(s))
+        cs = np.cumsum(width + 1)
         base = np.where(first_run > 0, cs[np.maximum(first_run - 1, 0)], 0)
-        end_pos = cs - base[rows] - 1  # index of the space after each word in " ".join(words)
+        end_pos = cs - np.repeat(base, k) - 1  # index of the space after each word in " ".join(words)
         last_run = np.minimum(np.maximum(first_run + k - 1, 0), len(s) - 1)
         prose = np.where(has, end_pos[last_run], 0)
-        within = np.arange(len(s)) - first_run[rows]
-        cut_ok = (end_pos <= LANGUAGE_SAMPLE_CHARS - 1) & (within < k[rows] - 1)
+        cut_ok = end_pos <= LANGUAGE_SAMPLE_CHARS - 1
+        cut_ok[:-1] &= rows[1:] == rows[:-1]  # a space follows the word: it is not its row's last
+        cut_ok[-1] = False
         jstar = np.bincount(rows[cut_ok], minlength=m)
         long_ = prose > LANGUAGE_SAMPLE_CHARS
         fast &= ~(long_ & (jstar == 0))  # first word alone longer than the sample: cut mid-word, per-row path
@@ -776,7 +833,7 @@ def _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=None):
         sample_end = np.where(has, e[pick], starts)
     if low is None:
         low = _lower_ascii(buf)
-    ls, le = _runs(((low >= 97) & (low <= 122)) | (low == 39))
+    ls, le = _runs(((low - np.uint8(97)) < 26) | (low == 39))  # [a-z'] (uint8 wraps below 'a')
     lrow = _rows_of_sorted(ls, starts)
     keep = np.flatnonzero(fast[lrow] & (ls < sample_end[lrow]))
     ls, le, lrow = ls[keep], le[keep], lrow[keep]
@@ -785,9 +842,9 @@ def _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=None):
     slot = tab.lookup(*_word_parts(low, ls, le))
     f = slot >= 0
     r, sl = lrow[f], slot[f]
-    fw = np.bincount(r, weights=tab.fw[sl], minlength=m).astype(np.int64)
-    known = np.bincount(r, weights=tab.known[sl], minlength=m).astype(np.int64)
-    lead = np.bincount(r, weights=tab.lead[sl], minlength=m).astype(np.int64)
+    fw = np.bincount(r[tab.fw[sl] == 1], minlength=m)
+    known = np.bincount(r[tab.known[sl] == 1], minlength=m)
+    lead = np.rint(np.bincount(r, weights=tab.lead[sl], minlength=m)).astype(np.int64)
     return fast, chars, words, fw, known, lead
 
 
@@ -834,8 +891,15 @@ def _text_features(texts: list[str], clock: _Clock, target: str | None,
             blob, buf, starts, nb, asc = _encode(chunk)
             f["nbytes"][sl] = nb
             low = _lower_ascii(buf)
+            ng_bad, lang_bad = _unsafe_rows(buf, starts, int(starts[-1] + nb[-1]))
         with tick("encoding_error"):
-            f["moji"][sl] = _mojibake_rows(buf, starts, int(starts[-1] + nb[-1]))
+            moji = _mojibake_rows(buf, starts, int(starts[-1] + nb[-1]))
+            for i in np.flatnonzero(moji):
+                moji[i] = MOJIBAKE.search(chunk[i]) is not None
+            f["moji"][sl] = moji
+            # rows with mojibake never reach the later rules: whatever the byte paths make of them is unused
+            ng_bad &= ~moji
+            lang_bad &= ~moji
         with tick("length"):
             runs = _runs(buf > 32)  # the padding ends the last run
             f["runs"][sl] = np.diff(np.searchsorted(runs[0], starts), append=len(runs[0]))
@@ -845,16 +909,17 @@ def _text_features(texts: list[str], clock: _Clock, target: str | None,
             nl = np.flatnonzero(buf == 10)
             f["newlines"][sl] = np.diff(np.searchsorted(nl, starts), append=len(nl))
         with tick("repetitive"):
-            f["ratio"][sl] = _ngram_chunk(chunk, buf, starts, nb, asc, runs=runs, low=low)
+            f["ratio"][sl] = _ngram_chunk(chunk, buf, starts, ng_bad, runs=runs, low=low)
         if target is not None:
             with tick("wrong_language:prescreen"):
-                out = _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=low)
+                out = _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=low, bad=lang_bad)
                 for key, v in zip(("lang_fast", "chars", "words", "fw", "known", "lead"), out):
                     f[key][sl] = v
         return local
 
+    _bmp_safety()  # build once, before the threads need them
     if target is not None:
-        _lex_table(target)  # build once, before the threads need it
+        _lex_table(target)
     with clock("bulk (wall)"):
         if _THREADS > 1 and n > _CHUNK_ROWS:
             with ThreadPoolExecutor(_THREADS) as pool:
@@ -918,9 +983,7 @@ def quality_verdicts(df: pd.DataFrame, filters: Filters, tokenizer=None, detecto
     feats = _text_features(texts, clock, target, needles)
 
     with clock("encoding_error"):
-        bad_resp = np.zeros(n, dtype=bool)
-        for i in np.flatnonzero(feats["moji"] & open_):
-            bad_resp[i] = MOJIBAKE.search(texts[i]) is not None
+        bad_resp = feats["moji"]  # MOJIBAKE matches (the bulk pass ran the regex on its candidates)
         bad_instr = np.zeros(n, dtype=bool)
         for i in np.flatnonzero(mojibake_candidates(instruction) & open_ & ~bad_resp):
             bad_instr[i] = MOJIBAKE.search(instruction[i]) is not None

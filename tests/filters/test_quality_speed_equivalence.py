@@ -171,7 +171,10 @@ def test_default_refusal_literals_are_few():
 
 ASCII_WORDS = ["the", "of", "to", "and", "refund", "order", "warehouse", "parcel", "is", "votre", "commande", "die",
                "und", "Der", "THE", "don't", "'", "''", "x", "supercalifragilistic", "co-op", "3rd", "U.S.", "(a)",
-               "hello,", "world.", "a" * 17, "b" * 16, "mississippi", "`", "`inline`", "http://x.y/z", "https", "ok"]
+               "hello,", "world.", "a" * 17, "b" * 16, "mississippi", "`", "`inline`", "http://x.y/z", "https", "ok",
+               # non-ASCII: Latin letters and punctuation take the byte path, the rest the per-row one
+               "café", "naïve", "résumé", "it’s", "—", "“quoted”", "…", "É", "ß", "ﬁne", "İstanbul", "Kelvin",
+               "中文", "Ωmega", " ", "x y", "€5", "😀", "ŁÓDŹ", "ệ"]
 
 
 @SETTINGS
@@ -185,6 +188,8 @@ def test_vectorized_language_sample_and_counts_match_per_row(texts_):
     for i, t in enumerate(texts_):
         if "`" in t or "http" in t:
             assert not fast[i]
+        if t.isascii() or all(c.isascii() or c in "éïü’—“”…" for c in t):
+            assert fast[i] or "`" in t or "http" in t or len(language_sample(t).split(" ", 1)[0]) > 200
         if not fast[i]:
             continue
         s = language_sample(t)
