@@ -5,24 +5,30 @@ Rules, in order; a dropped row records the FIRST rule it fails:
 A row whose raw record is malformed (messages not JSON, wrong roles/order, non-string content, missing
 response) is `quarantined` with the parse problem as reason: it is neither trained on nor silently lost.
 
-Speed (200k rows in a few seconds on 2 cores): every rule is decided in bulk over one UTF-8 buffer per chunk of rows
-(numpy over bytes), and the exact per-row rule (a regex, the n-gram set, the tokenizer, the language detector) only
-runs on the rows the bulk pass cannot clear. Each shortcut is a proven bound, so the verdicts are those of the
-per-row rules (tests/filters/test_quality_speed_equivalence.py checks them against the plain per-row definitions):
+Speed (benchmarks/basic_filters.py: 200k rows in ~5 s on 2 shared cores): one bulk pass encodes each chunk of rows
+into a UTF-8 buffer and computes per-row features with numpy over the bytes; the exact per-row rule (a regex, the
+n-gram set, the tokenizer, the language detector) then runs only on the rows the features cannot decide. Each
+shortcut is a bound or a superset, so the verdicts are those of the per-row rules
+(tests/filters/test_quality_speed_equivalence.py checks them against the plain per-row definitions):
 
 - length: token counts use the student tokenizer (SmolLM2, read from the packaged GGUF). For its byte-level BPE
   `max(ceil(bytes / longest token), words) <= tokens <= bytes + 1` (words = runs of non-whitespace: ByteLevel
   pre-tokenization never joins two of them), so only rows inside the undecided band are tokenized; evidence has the
   exact `tokens` where they were counted and `tokens_at_most` / `tokens_at_least` + `bound` where a bound decided.
-- encoding / refusal / whitespace: a byte scan (mojibake lead bytes, control bytes), required literals of the refusal
-  regexes (found with str.find) and newline counts pick the candidate rows; the regex decides on those.
+- encoding / refusal / whitespace: a byte scan (mojibake lead bytes, control bytes), literals that every match of
+  the refusal regexes must contain (found with bytes.find) and newline counts pick the candidate rows; the regex
+  decides on those.
 - repetition: word 4-grams are hashed in numpy; hash merges can only lower the distinct count, so a row whose hashed
   ratio is within the limit is within it exactly, and the others are recounted with Python sets.
-- language: samples settled by a prescreen (function-word share, then a word-frequency lexicon: wordfreq lists of the
-  target vs 26 other Latin-script languages) are the target language; only the rest go to lingua.
+- language: the sample and its ASCII words are computed from the bytes too. Two prescreens can settle a sample as
+  the target language (never drop it): the function-word share, then a word-frequency lexicon (wordfreq lists of the
+  target vs 26 other Latin-script languages). Only the unsettled samples go to lingua, which alone drops.
+Rows with characters a byte path cannot reproduce (casefolding, Unicode whitespace, other scripts, code in the
+language sample) take the per-row definition. DISTILL_FILTER_THREADS > 1 runs the bulk pass on more threads.
 """
 
 
+import hashlib
 import json
 import math
 import os
@@ -303,7 +309,7 @@ def _freq_cb(f: float) -> int:
 def target_lexicon(target: str) -> dict[str, int] | None:
     """{word: lead in centibels} for the target's ASCII words (see LEXICON_*), or None without a wordfreq list.
 
-    Reading ~28 wordfreq lists takes ~1.5 s, so the table is saved once under $DISTILL_CACHE."""
+    Reading the ~27 wordfreq lists takes 1-2 s, so the table is saved once under $DISTILL_CACHE."""
     try:
         import wordfreq
         from importlib.metadata import version
@@ -311,7 +317,8 @@ def target_lexicon(target: str) -> dict[str, int] | None:
         return None
     if target not in wordfreq.available_languages("small"):
         return None
-    cache = _cache_root() / "lexicon" / f"{target}-wordfreq{version('wordfreq')}-{len(LEXICON_COMPETITORS)}-v1.json"
+    recipe = hashlib.sha1(repr((LEXICON_COMPETITORS, LEXICON_FLOOR_CB, LEXICON_MAX_WORD)).encode()).hexdigest()[:10]
+    cache = _cache_root() / "lexicon" / f"{target}-wordfreq{version('wordfreq')}-{recipe}.json"
     try:
         return {str(k): int(v) for k, v in json.loads(cache.read_text()).items()}
     except (OSError, ValueError, AttributeError):
@@ -356,7 +363,8 @@ def prescreen_counts(sample: str, target: str) -> tuple[int, int, int, int, bool
 
 
 def prescreen_decision(words, fw, known, lead, script_ok, target: str):
-    """(method or None, function-word share) per sample; numpy arrays or scalars alike."""
+    """(method, function-word share) per sample, method '' when no prescreen settles it; arrays or scalars.
+    A prescreen only ever settles a sample as the target language: dropping is the detector's call."""
     words = np.asarray(words, dtype=np.int64)
     share = np.where(words >= 8, np.asarray(fw, dtype=np.float64) / np.maximum(words, 1), 0.0)
     ok = np.asarray(script_ok, dtype=bool) & (words >= 8)
@@ -795,23 +803,33 @@ def _lex_table(target: str) -> _LexTable:
     return _LexTable(words)
 
 
-def _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=None, bad=None):
-    """Vectorized language_sample + prescreen_counts for the rows without code or URLs whose non-ASCII characters
-    (if any) are language safe (`bad` marks the others).
+LANGUAGE_HEAD_CHARS = 320  # the sample comes from the first 200 prose characters: the bulk pass reads this far
 
+
+def _language_chunk(chunk: list[str], target: str):
+    """Vectorized language_sample + prescreen_counts, from the first LANGUAGE_HEAD_CHARS characters of each row.
+
+    A row takes this path when its head holds no code or URL start, its non-ASCII characters there are language
+    safe, and the head settles the sample (it is the whole text, or its prose runs past the 200-character cut, which
+    then falls after a word: code or text further on cannot change the sample).
     Returns (fast, sample_chars, words, function_words, known, lead); rows with fast False need the per-row path."""
     m = len(chunk)
+    heads = [t[:LANGUAGE_HEAD_CHARS] for t in chunk]
+    whole = np.fromiter((len(t) <= LANGUAGE_HEAD_CHARS for t in chunk), dtype=bool, count=m)
+    blob, buf, starts, nb, asc = _encode(heads)
     total = int(starts[-1] + nb[-1])
-    if bad is None:
-        bad = _unsafe_rows(buf, starts, total)[1]
-    fast = ~bad & ~_rows_containing(blob, starts, nb, [b"`", b"http"])
-    s, e = runs
+    fast = ~_unsafe_rows(buf, starts, total)[1] & ~_rows_containing(blob, starts, nb, [b"`", b"http"])
+    # a URL starting just before the cut of the head: its "http" may be cut too
+    fast &= np.fromiter(("http" not in t[LANGUAGE_HEAD_CHARS - 3:LANGUAGE_HEAD_CHARS + 4] for t in chunk),
+                        dtype=bool, count=m) | whole
+    s, e = _runs(buf > 32)
     rows = _rows_of_sorted(s, starts)
     k = np.bincount(rows, minlength=m)
     first_run = np.searchsorted(rows, np.arange(m))
     has = k > 0
     chars = np.zeros(m, dtype=np.int64)
     sample_end = starts.copy()
+    fast &= has | whole
     if len(s):
         width = e - s  # characters per word: bytes less UTF-8 continuation bytes
         if not asc.all():
@@ -828,11 +846,11 @@ def _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=None, b
         jstar = np.bincount(rows[cut_ok], minlength=m)
         long_ = prose > LANGUAGE_SAMPLE_CHARS
         fast &= ~(long_ & (jstar == 0))  # first word alone longer than the sample: cut mid-word, per-row path
+        fast &= long_ | whole  # a cut head whose prose ends before the sample does: the rest may add to it
         pick = np.clip(np.where(long_, first_run + jstar - 1, last_run), 0, len(s) - 1)
         chars = np.where(long_, end_pos[pick], prose)
         sample_end = np.where(has, e[pick], starts)
-    if low is None:
-        low = _lower_ascii(buf)
+    low = _lower_ascii(buf)
     ls, le = _runs(((low - np.uint8(97)) < 26) | (low == 39))  # [a-z'] (uint8 wraps below 'a')
     lrow = _rows_of_sorted(ls, starts)
     keep = np.flatnonzero(fast[lrow] & (ls < sample_end[lrow]))
@@ -888,18 +906,17 @@ def _text_features(texts: list[str], clock: _Clock, target: str | None,
         chunk = texts[a:a + _CHUNK_ROWS]
         sl = slice(a, a + len(chunk))
         with tick("bulk:encode"):
-            blob, buf, starts, nb, asc = _encode(chunk)
+            blob, buf, starts, nb, _ = _encode(chunk)
             f["nbytes"][sl] = nb
             low = _lower_ascii(buf)
-            ng_bad, lang_bad = _unsafe_rows(buf, starts, int(starts[-1] + nb[-1]))
+            ng_bad = _unsafe_rows(buf, starts, int(starts[-1] + nb[-1]))[0]
         with tick("encoding_error"):
             moji = _mojibake_rows(buf, starts, int(starts[-1] + nb[-1]))
             for i in np.flatnonzero(moji):
                 moji[i] = MOJIBAKE.search(chunk[i]) is not None
             f["moji"][sl] = moji
-            # rows with mojibake never reach the later rules: whatever the byte paths make of them is unused
+            # rows with mojibake never reach the later rules: whatever the byte path makes of them is unused
             ng_bad &= ~moji
-            lang_bad &= ~moji
         with tick("length"):
             runs = _runs(buf > 32)  # the padding ends the last run
             f["runs"][sl] = np.diff(np.searchsorted(runs[0], starts), append=len(runs[0]))
@@ -912,7 +929,7 @@ def _text_features(texts: list[str], clock: _Clock, target: str | None,
             f["ratio"][sl] = _ngram_chunk(chunk, buf, starts, ng_bad, runs=runs, low=low)
         if target is not None:
             with tick("wrong_language:prescreen"):
-                out = _language_chunk(chunk, blob, buf, starts, nb, asc, runs, target, low=low, bad=lang_bad)
+                out = _language_chunk(chunk, target)
                 for key, v in zip(("lang_fast", "chars", "words", "fw", "known", "lead"), out):
                     f[key][sl] = v
         return local

@@ -182,9 +182,7 @@ ASCII_WORDS = ["the", "of", "to", "and", "refund", "order", "warehouse", "parcel
     lambda ws: st.lists(st.sampled_from([" ", "  ", "\n", "\t", " \n "]), min_size=len(ws), max_size=len(ws)).map(
         lambda seps: "".join(w + s for w, s in zip(ws, seps)))), min_size=1, max_size=40))
 def test_vectorized_language_sample_and_counts_match_per_row(texts_):
-    blob, buf, starts, nb, asc = q._encode(texts_)
-    runs = q._runs(buf > 32)
-    fast, chars, words, fw, known, lead = q._language_chunk(texts_, blob, buf, starts, nb, asc, runs, "en")
+    fast, chars, words, fw, known, lead = q._language_chunk(texts_, "en")
     for i, t in enumerate(texts_):
         if "`" in t or "http" in t:
             assert not fast[i]
@@ -221,6 +219,35 @@ def test_inline_json_check_matches_parse_record(msgs, resps, has_resp):
     for m, r, p, u, a in zip(msgs, resps, problems, users, assistants):
         want = parse_record(m, r, has_resp)
         assert (p, u, a) == (want[0], want[2], want[3])
+
+
+def reference_language_reason(text: str, f: Filters, det) -> str:
+    """The language rule one row at a time: sample, prescreens, else the detector."""
+    s = language_sample(text)
+    if len(s) < f.language_min_chars:
+        return ""
+    method, _ = prescreen_decision(*prescreen_counts(s, "en"), "en")
+    if method != "":
+        return ""
+    lang = q.detect_languages([s], "en", det)[0][0]
+    return "wrong_language" if lang is not None and lang != "en" else ""
+
+
+SENTENCE_PARTS = ASCII_WORDS + ["Bonjour, votre commande est en route.", "Der Bestellung ist unterwegs, danke.",
+                                "Su pedido está en camino y llegará pronto.", "Ваш заказ в пути.", "您的订单已发货。",
+                                "Thanks for waiting, the parcel is on its way to you."]
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.sampled_from(SENTENCE_PARTS), max_size=40).map(" ".join), min_size=1, max_size=30))
+def test_language_rule_matches_the_per_row_definition(texts_):
+    f = Filters(min_tokens=0, max_tokens=100_000, max_repeat_ngram_ratio=1.0, max_blank_run=1000,
+                refusal_patterns=[])
+    det = q.language_detector("en")
+    v = quality_verdicts(frame(texts_), f, tokenizer=student_tokenizer(), detector=det)
+    want = [("empty" if not t.strip() else "encoding_error" if MOJIBAKE.search(t) else
+             reference_language_reason(t, f, det)) for t in texts_]
+    assert v["reason"].tolist() == want
 
 
 # ---------------------------------------------------------------- language accuracy on real sentences
@@ -344,3 +371,20 @@ def test_benchmark_word_salad_is_settled_by_the_lexicon(tok):
     v = language_verdicts(rows, tok)
     assert v["keep"].all()
     assert sum(e.get("method") == "lexicon_prescreen" for e in v["evidence"]) >= 190
+
+
+def test_language_head_cut_edge_cases():
+    h = q.LANGUAGE_HEAD_CHARS
+    rows = [
+        "word " * ((h - 3) // 5) + "xx" + "https://example.com/" + " tail" * 50,  # URL starting across the cut
+        "a" * (h - 1) + " " + "b " * 100,  # first word longer than the sample
+        " " * (h + 5) + "late words " * 30,  # head is all whitespace
+        "\n\n".join(["short"] * 200),  # whitespace-heavy head: the head's prose may not reach the cut
+        "x `code` " + "the order " * 60,
+    ]
+    rows.append("word " * ((h - 2) // 5) + "`" + "the order " * 40)
+    fast, chars, words, fw, known, lead = q._language_chunk(rows, "en")
+    for i, t in enumerate(rows):
+        if fast[i]:
+            s = language_sample(t)
+            assert chars[i] == len(s) and (words[i], fw[i], known[i], lead[i], True) == prescreen_counts(s, "en"), i
