@@ -4,26 +4,11 @@ import dagster as dg
 
 from distill_assets.partitions import CATEGORY
 from distill_assets.production import jobs, promotion, sensor
+from tests.production.standins import standins
 
 
 def _standins():
-    out = []
-    prev = None
-    for k in jobs.CATEGORY_ASSETS:
-        deps = [prev] if prev and k != "eval_set" else []
-
-        @dg.asset(name=k, partitions_def=CATEGORY, deps=deps)
-        def _a():
-            return None
-        out.append(_a)
-        if k != "eval_set":
-            prev = k
-    for k in [a for a in jobs.TRAIN_ASSETS if a != "failure_resolution"]:
-        @dg.asset(name=k, deps=["clean_dataset"] if k == "lora_adapter" else [])
-        def _b():
-            return None
-        out.append(_b)
-    return out
+    return standins([a for a in jobs.TRAIN_ASSETS if a != "failure_resolution"])
 
 
 def test_jobs_select_exactly_their_assets(store):

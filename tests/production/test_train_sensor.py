@@ -11,22 +11,14 @@ from distill_assets.partitions import CATEGORY
 from distill_assets.production import intake, jobs
 from distill_assets.production.jobs import TAG_BATCH, TAG_WAVE, TAG_WAVE_SIZE
 from distill_assets.production.sensor import build_production_failure_sensor, production_train_sensor
+from tests.production.standins import standins
 
 FAILING = set()  # partitions whose blocking check fails on the next run
 
 
 def _graph():
     """Stand-ins with the real keys (the real assets need a teacher), and one blocking ERROR check."""
-    out, prev = [], None
-    for k in jobs.CATEGORY_ASSETS:
-        deps = [prev] if prev and k != "eval_set" else []
-
-        @dg.asset(name=k, partitions_def=CATEGORY, deps=deps)
-        def _a():
-            return None
-        out.append(_a)
-        if k != "eval_set":
-            prev = k
+    out = standins()
 
     @dg.asset_check(asset="decontaminated", name="no_eval_contamination", blocking=True,
                     partitions_def=CATEGORY)
@@ -34,11 +26,6 @@ def _graph():
         return dg.AssetCheckResult(passed=context.partition_key not in FAILING,
                                    severity=dg.AssetCheckSeverity.ERROR)
 
-    for k in [a for a in jobs.TRAIN_ASSETS]:
-        @dg.asset(name=k, deps=["clean_dataset"] if k == "lora_adapter" else [])
-        def _b():
-            return None
-        out.append(_b)
     return out, [contamination]
 
 
