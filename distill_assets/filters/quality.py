@@ -37,8 +37,6 @@ import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from re import _constants as _sre_c
-from re import _parser as _sre_p
 from typing import Any, Callable
 
 import dagster as dg
@@ -412,8 +410,13 @@ def detect_languages(samples: list[str], target: str, detector=None) -> list[tup
 
 # ---------------------------------------------------------------- refusal prefilter: required literals
 
+try:  # the regex parser of the re module (3.11+); without it every row is a refusal candidate
+    from re import _constants as _sre_c
+    from re import _parser as _sre_p
+    _REPEATS = (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, getattr(_sre_c, "POSSESSIVE_REPEAT", _sre_c.MAX_REPEAT))
+except ImportError:  # pragma: no cover
+    _sre_c = _sre_p = None
 _FIN_MAX = 8  # largest finite set of strings tracked per regex piece
-_REPEATS = (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, getattr(_sre_c, "POSSESSIVE_REPEAT", _sre_c.MAX_REPEAT))
 
 
 def _fin_item(item) -> set[str] | None:
@@ -525,6 +528,8 @@ def refusal_literals(pattern: str, sample: list[str]) -> list[str] | None:
     """Strings of which every match of `pattern` contains one, chosen to be few and rare in `sample` (each needle
     is one scan of the text, each row holding one costs a regex search); None when some alternative of the pattern
     has no literal it must contain (then every row is a candidate)."""
+    if _sre_p is None:
+        return None
     try:
         parsed = _sre_p.parse(pattern)
     except re.error:
