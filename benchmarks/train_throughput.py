@@ -2,7 +2,8 @@
 
 Each side runs in its own subprocess (so peak RSS is per side), in alternating order, on the same student, the same
 LoRA shape, sequence length, batch and number of optimizer steps. Tokens = non-pad tokens seen in training (trl's
-`num_tokens`), time = trainer `train_runtime` (excludes model load and dataset tokenization on both sides).
+`num_tokens`), time = trainer `train_runtime` (excludes model load and dataset tokenization on both sides; includes
+the end-of-epoch validation pass, which both sides run on the same validation split).
 
     python benchmarks/train_throughput.py [--model DIR] [--steps 6] [--threads 2] [--repeats 1]
 Without --model the embedded SmolLM2-135M student is converted (cached under $DISTILL_HOME/artifacts).
@@ -26,15 +27,17 @@ from trl import SFTConfig, SFTTrainer
 a = json.loads(sys.argv[1]); torch.set_num_threads(a["threads"]); torch.manual_seed(0)
 tok = AutoTokenizer.from_pretrained(a["model"])
 model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=torch.float32)
-ds = Dataset.from_list(json.load(open(a["data"]))["train"])
+d = json.load(open(a["data"]))
+ds, val = Dataset.from_list(d["train"]), Dataset.from_list(d["val"])
 args = SFTConfig(output_dir=a["out"], max_steps=a["steps"], per_device_train_batch_size=a["bs"],
                  gradient_accumulation_steps=a["accum"], learning_rate=2e-4, lr_scheduler_type="cosine",
                  warmup_steps=0.03, weight_decay=0.01, max_length=a["seq"], logging_steps=1, report_to="none",
                  save_strategy="no", bf16=False, activation_checkpointing=False, disable_tqdm=True,
-                 dataloader_pin_memory=False, optim="adamw_torch", seed=42)
+                 dataloader_pin_memory=False, optim="adamw_torch", seed=42,
+                 eval_strategy="epoch", per_device_eval_batch_size=a["bs"])  # ours validates each epoch too
 peft = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, task_type="CAUSAL_LM",
                   target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"])
-tr = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft)
+tr = SFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=val, processing_class=tok, peft_config=peft)
 out = tr.train()
 toks = max(h.get("num_tokens", 0) for h in tr.state.log_history)
 print("RESULT", json.dumps({"tokens": toks, "runtime": out.metrics["train_runtime"],
