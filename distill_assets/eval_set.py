@@ -77,10 +77,21 @@ def load_eval_file(path: str | Path, category: Category) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 
-def extra_eval_rows(store: DuckDBStore, category: str) -> pd.DataFrame:
+GOLD_VERIFY = ("math", "label")  # kinds where a failure's `expected` is the gold answer, as for its seed
+
+
+def gold_reference(verify: str, expected) -> str | None:
+    """A failure's `expected` as the gold `reference` where the category checks answers (math, label): ROUGE-L
+    of a correct "... the answer is: 42" against "42" is about 0.2, so a fixed failure would never pass.
+    Elsewhere it is only a reference response."""
+    ok = isinstance(expected, str) and expected.strip()
+    return expected if ok and verify in GOLD_VERIFY else None
+
+
+def extra_eval_rows(store: DuckDBStore, category: str, verify: str = "none") -> pd.DataFrame:
     """Held-out production failures of the category (split 'heldout', whatever their status, so a resolved one
-    keeps gating later adapters) as eval rows;
-    `expected` becomes the reference response. Empty when there are none."""
+    keeps gating later adapters) as eval rows; `expected` becomes the reference response, and the gold
+    `reference` where `verify` checks answers. Empty when there are none."""
     df = store.query_df(
         "SELECT failure_id, input, expected FROM production_failures "
         "WHERE category = ? AND (split = 'heldout' OR status = 'held_out') ORDER BY failure_id",
@@ -93,7 +104,7 @@ def extra_eval_rows(store: DuckDBStore, category: str) -> pd.DataFrame:
         "category": category,
         "prompt": df["input"].astype(str).str.strip(),
         "difficulty": "medium",
-        "reference": None,
+        "reference": [gold_reference(verify, e) for e in df["expected"]],
         "tests": "[]",
         "entry_point": None,
         "reference_response": df["expected"].where(df["expected"].notna(), None),
@@ -106,7 +117,7 @@ def build_eval_frame(category: Category, store: DuckDBStore | None) -> pd.DataFr
 
     df = load_eval_file(category.eval, category)
     if store is not None:
-        extra = extra_eval_rows(store, category.name)
+        extra = extra_eval_rows(store, category.name, category.verify)
         if not extra.empty:
             df = pd.concat([df, extra[~extra["eval_id"].isin(df["eval_id"])]], ignore_index=True)
     return validate_table("eval_set", df, category.name)

@@ -87,3 +87,16 @@ def test_generation_never_reads_the_eval_set():
     for a in generation.assets + seeds.assets:
         for key in a.keys:
             assert dg.AssetKey("eval_set") not in a.asset_deps[key]
+
+
+def test_held_out_math_failures_carry_their_gold_answer(tmp_path):
+    """`expected` is the gold reference where the category checks answers, so eval_report scores a correct
+    "... the answer is: 42" as a pass rather than by its ROUGE-L against "42"."""
+    store = DuckDBStore(database=str(tmp_path / "d.duckdb"))
+    store.insert_df("production_failures", pd.DataFrame([
+        {"failure_id": "f1", "category": "math", "input": "What is 6 times 7?", "bad_output": "41",
+         "expected": "42", "reported_at": utcnow(), "status": "held_out"}]))
+    assert extra_eval_rows(store, "math", "math")["reference"].tolist() == ["42"]
+    assert extra_eval_rows(store, "math", "none")["reference"].tolist() == [None]
+    df = build_eval_frame(load_tasks().category("math"), store)
+    assert df.loc[df["source"] == "production_heldout", "reference"].tolist() == ["42"]

@@ -28,6 +28,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from distill_assets.eval_set import gold_reference
 from distill_assets.production import HELD_OUT, HELDOUT_SPLIT, IN_TRAINING, RESOLVED
 from distill_assets.production.intake import set_status
 from distill_assets.tasks import TaskFile, load_tasks
@@ -116,18 +117,8 @@ def heldout_map(store: DuckDBStore) -> pd.DataFrame:
     return df
 
 
-GOLD_VERIFY = ("math", "label")  # kinds where `expected` is the gold answer, as it is for the failure's seed
-
-
 def _text(v: Any) -> str | None:
     return v if isinstance(v, str) and v.strip() else None
-
-
-def gold_reference(category, expected: Any) -> str | None:
-    """The failure's `expected` as the gold answer where the category checks answers (math, label): the same
-    role it has as the seed's `reference`. Elsewhere (code without tests, free text) it is only a reference
-    response for ROUGE-L."""
-    return _text(expected) if category.verify in GOLD_VERIFY else None
 
 
 def failure_score(category, response: Any, expected: Any) -> dict:
@@ -137,31 +128,8 @@ def failure_score(category, response: Any, expected: Any) -> dict:
     from distill_assets.evaluation.metrics import score_response
 
     return score_response(category.verify, response if isinstance(response, str) else None,
-                          reference=gold_reference(category, expected), tests=None, entry_point=None,
+                          reference=gold_reference(category.verify, expected), tests=None, entry_point=None,
                           reference_response=_text(expected), labels=category.labels)
-
-
-def rescore_heldout(results: pd.DataFrame, heldout: pd.DataFrame, tasks: TaskFile) -> pd.DataFrame:
-    """eval_results rows of held-out failures, re-scored with `failure_score` where the failure has a gold
-    answer (eval_set gives these rows no `reference`, so eval_report scores them by ROUGE-L). Infra errors (no
-    finite score) stay unknown, rows without a stored response keep their score; the rest is unchanged."""
-    if results.empty or heldout.empty or "response" not in results.columns:
-        return results
-    first = heldout.drop_duplicates("example_id", keep="first").set_index("example_id")
-    out = results.copy()
-    for i, r in out.iterrows():
-        if (r.get("source") != HELDOUT_SOURCE or r["example_id"] not in first.index or not _finite(r.get("score"))
-                or not isinstance(r.get("response"), str)):
-            continue
-        f = first.loc[r["example_id"]]
-        if f["category"] not in tasks.names:
-            continue
-        c = tasks.category(f["category"])
-        if gold_reference(c, f["expected"]) is None:
-            continue
-        s = failure_score(c, r.get("response"), f["expected"])
-        out.at[i, "score"], out.at[i, "task_status"] = s["score"], s["task_status"]
-    return out
 
 
 def bad_output_scores(heldout: pd.DataFrame, tasks: TaskFile) -> pd.DataFrame:
@@ -200,16 +168,15 @@ def latest_evaluated(store: DuckDBStore) -> str | None:
 def decide(store: DuckDBStore, candidate: str, tasks: TaskFile) -> dict:
     """Load candidate and baseline results, compare, and return the decision (nothing written)."""
     heldout = heldout_map(store)
-    results = rescore_heldout(
-        store.query_df("SELECT * FROM eval_results WHERE adapter_version = ?", [candidate]), heldout, tasks)
+    results = store.query_df("SELECT * FROM eval_results WHERE adapter_version = ?", [candidate])
     gate = store.query_df("SELECT promoted FROM model_versions WHERE adapter_version = ?", [candidate]) \
         if _table(store, "model_versions") else pd.DataFrame()
     gate_promoted = bool(gate.iloc[0]["promoted"]) if not gate.empty else False
     baseline_version = promoted_baseline(store, candidate)
     baseline = None
     if baseline_version is not None:
-        base = rescore_heldout(store.query_df("SELECT * FROM eval_results WHERE adapter_version = ? AND variant = ?",
-                                              [baseline_version, MERGED]), heldout, tasks)
+        base = store.query_df("SELECT * FROM eval_results WHERE adapter_version = ? AND variant = ?",
+                              [baseline_version, MERGED])
         # failures the baseline was never evaluated on: score what it actually answered in production
         missing = heldout[~heldout["example_id"].isin(base["example_id"])]
         extra = bad_output_scores(missing, tasks).assign(variant=MERGED)
@@ -231,18 +198,6 @@ def resolve_heldout(store: DuckDBStore, decision: dict, tasks: TaskFile) -> list
     return ids
 
 
-def merged_adapter_version(row: dict, artifact_id: str | None) -> str | None:
-    """The adapter a merged_model artifact was made from, as eval_report names it
-    (evaluation.assets.adapter_version_of): metadata adapter_version, else its parent artifact, else itself."""
-    meta = row.get("meta")
-    if not isinstance(meta, dict):
-        try:
-            meta = json.loads(row.get("metadata") or "{}") or {}
-        except (TypeError, json.JSONDecodeError):
-            meta = {}
-    return str(meta.get("adapter_version") or row.get("parent_artifact_id") or artifact_id)
-
-
 def resolve_trained(store: DuckDBStore, version: str, tasks: TaskFile, max_new_tokens: int,
                     log=print) -> tuple[list[str], str | None]:
     """Answer the in_training failures with the promoted merged model and resolve those it now passes."""
@@ -252,12 +207,13 @@ def resolve_trained(store: DuckDBStore, version: str, tasks: TaskFile, max_new_t
     if df.empty:
         return [], None
     from distill_assets.evaluation import variants as vr
+    from distill_assets.evaluation.assets import adapter_version_of
     from distill_assets.evaluation.metrics import score_generations
 
     spec = next((s for s in vr.discover_variants(store) if s.name == MERGED), None)
     if spec is None or spec.skipped or not spec.path:
         return [], f"skipped: no merged model to answer in_training failures ({spec.skipped if spec else 'none'})"
-    made_from = merged_adapter_version(spec.metadata, spec.artifact_id)
+    made_from = adapter_version_of(spec)
     if made_from != version:
         # answers of another model would resolve failures in the promoted model's name
         return [], (f"skipped: the latest merged model {spec.artifact_id} is of adapter {made_from}, not the "
@@ -265,7 +221,7 @@ def resolve_trained(store: DuckDBStore, version: str, tasks: TaskFile, max_new_t
     cats = {c.name: c for c in tasks.categories}
     ev = pd.DataFrame({"eval_id": df["failure_id"], "category": df["category"], "prompt": df["input"],
                        "difficulty": "medium",
-                       "reference": [gold_reference(cats[c], e) for c, e in zip(df["category"], df["expected"])],
+                       "reference": [gold_reference(cats[c].verify, e) for c, e in zip(df["category"], df["expected"])],
                        "tests": "[]", "entry_point": None,
                        "reference_response": df["expected"], "source": "production_train"})
     gens, eff = vr.run_variants([spec], vr.build_items(ev, cats), max_new_tokens=max_new_tokens,

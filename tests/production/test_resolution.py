@@ -81,7 +81,7 @@ def _old_promoted(store, f, heldout_scores: dict | None = None):
                      "'[]', ?)", [OLD, utcnow() - timedelta(days=1)])
     rows = [_result(OLD, e, "eval", 0.5, "old answer") for e in ("e1", "e2", "e3")]
     for k, s in (heldout_scores or {}).items():
-        math = k.startswith("m_")  # a math answer is re-scored against the gold "42": give the real text
+        math = k.startswith("m_")  # a math failure's eval row is scored against the gold "42"
         rows.append(_result(OLD, f[k]["example_id"], "production_heldout", s,
                             "Therefore, the answer is: 42" if math else "old answer", "math" if math else "support"))
     store.insert_df("eval_results", pd.DataFrame(rows))
@@ -91,10 +91,10 @@ def _candidate_rows(f, eval_score=0.6):
     rows = [_result(NEW, e, "eval", eval_score, "new answer") for e in ("e1", "e2", "e3")]
     for k, s in (("h_pass1", 0.9), ("h_pass2", 0.6), ("h_fail", 0.2)):  # h_unscored: not in this eval
         rows.append(_result(NEW, f[k]["example_id"], "production_heldout", s, "new answer"))
-    # as eval_report scores them (ROUGE-L against "42"): the right answer would not pass on that alone
-    rows.append(_result(NEW, f["m_right"]["example_id"], "production_heldout", 0.18,
+    # as eval_report scores them: final answer against the gold "42" (eval_set's `reference` for math failures)
+    rows.append(_result(NEW, f["m_right"]["example_id"], "production_heldout", 1.0,
                         "6 times 7 is 42. Therefore, the answer is: 42", "math"))
-    rows.append(_result(NEW, f["m_wrong"]["example_id"], "production_heldout", 0.18,
+    rows.append(_result(NEW, f["m_wrong"]["example_id"], "production_heldout", 0.0,
                         "6 times 7 is 41. Therefore, the answer is: 41", "math"))
     return pd.DataFrame(rows)
 
