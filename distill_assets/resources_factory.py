@@ -44,9 +44,15 @@ def llm_from_env(prefix: str, role: str, fallback: str | None = None) -> LLMReso
         ("request_timeout_s", "TIMEOUT_S", float), ("max_retries", "MAX_RETRIES", int),
         ("structured_output", "STRUCTURED_OUTPUT", str),
     ]:
-        v, _ = pick(suffix)
-        if v is not None:
+        v, var = pick(suffix)
+        if v is None:
+            continue
+        try:  # checked one by one so that the error names the variable, not the resource field
             kwargs[field] = cast(v)
+            LLMResource(role=role, **{field: kwargs[field]})
+        except (ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+            why = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+            raise ValueError(f"environment variable {var}={v!r} is not a valid {field}: {why}") from None
     return LLMResource(**kwargs)
 
 

@@ -185,3 +185,16 @@ def test_env_configures_teacher_and_judge(monkeypatch):
     assert teacher.structured_output_form == "json_schema"
     assert (judge.role, judge.base_url, judge.structured_output_form) == ("judge", "http://teacher:8000/v1",
                                                                           "json_object")
+
+
+@pytest.mark.parametrize("var,value,says", [
+    ("JUDGE_STRUCTURED_OUTPUT", "bogus", "'auto', 'json_schema', 'json_object' or 'off'"),
+    ("TEACHER_MAX_CONCURRENCY", "many", "invalid literal"), ("TEACHER_MAX_CONCURRENCY", "0", "greater than"),
+])
+def test_a_bad_env_value_names_its_variable(monkeypatch, var, value, says):
+    from distill_assets.resources_factory import llm_from_env
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError) as e:
+        llm_from_env("JUDGE", "judge", fallback="TEACHER")
+    assert str(e.value).startswith(f"environment variable {var}={value!r} is not a valid ") and says in str(e.value)
