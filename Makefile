@@ -12,11 +12,14 @@ quickstart:
 # Installs (incl. Debian chromium for the UI test), then runs the test suite CI runs.
 test:
 	scripts/setup.sh browser
+	.venv/bin/lint-imports
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -m "not slow" -q
 
 # Everything, including the slow real-model tests.
 test-all:
 	scripts/setup.sh browser
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q
 
 # The Dagster UI on the same instance the quickstart and the CLI write to ($DISTILL_HOME/dagster_home).

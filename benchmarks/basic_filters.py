@@ -19,9 +19,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill_assets.filters.quality import (MOJIBAKE, language_detector, quality_verdicts,  # noqa: E402
-                                            repeat_ngram_ratio, student_tokenizer)
-from distill_assets.tasks import Filters  # noqa: E402
+from distill_assets.lib.filters.language import language_detector  # noqa: E402
+from distill_assets.lib.filters.quality import MOJIBAKE, quality_verdicts, repeat_ngram_ratio  # noqa: E402
+from distill_assets.lib.tasks import Filters  # noqa: E402
+from distill_assets.lib.tokenizer import student_tokenizer  # noqa: E402
 
 WORDS = ("the order refund account shipping password reset parcel carrier days page click email link support "
          "team help please thanks within business warehouse return item price discount code store").split()

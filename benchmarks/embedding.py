@@ -13,9 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill_assets.settings import embedded_embedder_dir  # noqa: E402
-from resources.embedder import EmbedderResource, _load  # noqa: E402
-from resources.store import DuckDBStore  # noqa: E402
+from distill_assets.defs.resources import embedded_embedder
+from distill_assets.lib.ledger import open_store
+from distill_assets.lib.settings import embedded_embedder_dir  # noqa: E402
+from resources.embedder import _load  # noqa: E402
 
 WORDS = ("order refund account shipping password reset parcel carrier days page click email link support team "
          "help please thanks within business warehouse return item price discount code").split()
@@ -27,14 +28,14 @@ def main():
     args = ap.parse_args()
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) for _ in range(args.texts)]
-    emb = EmbedderResource()
+    emb = embedded_embedder()
     model = _load(str(embedded_embedder_dir()), "cpu")
     model.encode(texts[:64], batch_size=emb.batch_size)  # warm-up
     t = time.perf_counter()
     model.encode(texts, batch_size=emb.batch_size, normalize_embeddings=True, show_progress_bar=False)
     plain = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as d:
-        store = DuckDBStore(database=str(Path(d) / "e.duckdb"))
+        store = open_store(str(Path(d) / "e.duckdb"))
         emb.encode_cached(["warm-up"], store)
         t = time.perf_counter()
         emb.encode_cached(texts, store)

@@ -1,4 +1,4 @@
-"""Teacher-call throughput: distill's session vs the guide's sequential loop, side by side, one run.
+"""Teacher-call throughput: distill's session vs the naive sequential loop, side by side, one run.
 
 A local OpenAI-compatible server answers every request after a fixed latency (default 200 ms). The bound for
 concurrency C is C / latency requests per second; the target is >= 90% of it. Then a kill -9 at 50% of the
@@ -22,15 +22,15 @@ sys.path.insert(0, str(ROOT))
 
 from openai import OpenAI  # noqa: E402
 
+from distill_assets.lib.ledger import open_store  # noqa: E402
 from resources.llm import ChatRequest, LLMResource  # noqa: E402
-from resources.store import DuckDBStore  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer, serve_in_subprocess  # noqa: E402
 
 CHILD = """
 import sys
+from distill_assets.lib.ledger import open_store
 from resources.llm import ChatRequest, LLMResource
-from resources.store import DuckDBStore
-store = DuckDBStore(database=sys.argv[1])
+store = open_store(sys.argv[1])
 llm = LLMResource(base_url=sys.argv[2], model="bench", max_concurrency=int(sys.argv[4]))
 reqs = [ChatRequest(messages=[{"role": "user", "content": f"kill-{i}"}], max_tokens=32) for i in range(int(sys.argv[3]))]
 with llm.session(store) as s:
@@ -38,13 +38,13 @@ with llm.session(store) as s:
 """
 
 
-def guide_loop(base_url: str, prompts: list[str]) -> float:
-    """The guide's generate_response() called once per prompt, in order."""
+def naive_loop(base_url: str, prompts: list[str]) -> float:
+    """A plain generate_response() called once per prompt, in order: how distillation scripts usually do it."""
     client = OpenAI(base_url=base_url, api_key="none")
     t0 = time.perf_counter()
     for p in prompts:
-        client.chat.completions.create(model="bench", messages=[{"role": "user", "content": p}], temperature=0.7,
-                                       max_tokens=32).choices[0].message.content
+        _ = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": p}],
+                                           temperature=0.7, max_tokens=32).choices[0].message.content
     return time.perf_counter() - t0
 
 
@@ -63,7 +63,7 @@ def cpu_seconds(pid: int | None = None) -> float:
 def ours(base_url: str, prompts: list[str], concurrency: int, db: str, server_pid: int) -> dict:
     llm = LLMResource(base_url=base_url, model="bench", max_concurrency=concurrency)
     reqs = [ChatRequest(messages=[{"role": "user", "content": p}], max_tokens=32) for p in prompts]
-    with llm.session(DuckDBStore(database=db)) as s:
+    with llm.session(open_store(db)) as s:
         c0, s0, t0 = cpu_seconds(), cpu_seconds(server_pid), time.perf_counter()
         res = s.complete(reqs)
         dt = time.perf_counter() - t0
@@ -92,17 +92,17 @@ def kill_at_half(n: int, concurrency: int, latency: float, tmp: str) -> dict:
         proc.wait()
         first = list(keys_seen)
         keys_seen.clear()
-        from resources.llm import replay_journals
+        from resources.llm_journal import replay_journals
 
-        replay_journals(DuckDBStore(database=db), Path(db).parent / "journal")
+        replay_journals(open_store(db), Path(db).parent / "journal")
         import json as _json
 
-        persisted = {_json.loads(r)["messages"][0]["content"] for r in DuckDBStore(database=db).query_df(
+        persisted = {_json.loads(r)["messages"][0]["content"] for r in open_store(db).query_df(
             "SELECT request_json FROM teacher_calls WHERE status = 'ok'")["request_json"]}
         subprocess.run([sys.executable, "-c", CHILD, db, srv.base_url, str(n), str(concurrency)], env=env, cwd=ROOT,
                        check=True)
         second = list(keys_seen)
-    store = DuckDBStore(database=db)
+    store = open_store(db)
     persisted_before = len(first)
     ok = store.query_df("SELECT count(*) AS n FROM teacher_calls WHERE status = 'ok'")["n"][0]
     from collections import Counter
@@ -117,7 +117,7 @@ def kill_at_half(n: int, concurrency: int, latency: float, tmp: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
-    ap.add_argument("--guide-n", type=int, default=50, help="prompts for the sequential loop (it is slow)")
+    ap.add_argument("--naive-n", type=int, default=50, help="prompts for the sequential loop (it is slow)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.2)
     args = ap.parse_args()
@@ -126,7 +126,7 @@ def main() -> None:
     proc, url = serve_in_subprocess(args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            g = guide_loop(url, [f"guide-{i}" for i in range(args.guide_n)])
+            g = naive_loop(url, [f"naive-{i}" for i in range(args.naive_n)])
             o = ours(url, [f"ours-{i}" for i in range(args.n)], args.concurrency, os.path.join(tmp, "b.duckdb"),
                      proc.pid)
             dt, ok = o["seconds"], o["ok"]
@@ -135,10 +135,10 @@ def main() -> None:
         proc.terminate()
     print(f"\nserver latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, bound {bound:.0f} req/s")
     print(f"{'':28}{'requests':>10}{'seconds':>10}{'req/s':>10}{'of bound':>10}")
-    print(f"{'guide sequential loop':28}{args.guide_n:>10}{g:>10.2f}{args.guide_n / g:>10.1f}"
-          f"{100 * args.guide_n / g / bound:>9.1f}%")
+    print(f"{'naive sequential loop':28}{args.naive_n:>10}{g:>10.2f}{args.naive_n / g:>10.1f}"
+          f"{100 * args.naive_n / g / bound:>9.1f}%")
     print(f"{'distill session':28}{ok:>10}{dt:>10.2f}{ok / dt:>10.1f}{100 * ok / dt / bound:>9.1f}%")
-    print(f"speedup vs guide loop: {(ok / dt) / (args.guide_n / g):.0f}x")
+    print(f"speedup vs naive loop: {(ok / dt) / (args.naive_n / g):.0f}x")
     print(f"CPU per request ({os.cpu_count()} cores shared with the server): client {o['client_cpu_ms']:.2f} ms, "
           f"server process {o['server_cpu_ms']:.2f} ms")
     print(f"\nkill -9 at 50% then rerun: {k}")

@@ -1,9 +1,9 @@
-"""Near-dup selection: the blocked exact greedy vs the guide's sequential loop, plus the incremental cost.
+"""Near-dup selection: the blocked exact greedy vs the naive sequential loop, plus the incremental cost.
 
     python benchmarks/near_dup.py [--sizes 3000 20000 100000] [--extra 0.05]
 
 Data: random 384-d unit vectors with 20% planted near-copies (cosine ~0.94 to their source). At 3k (or the
-smallest size <= 5k) the kept set is asserted identical to the guide's loop and the speedup printed.
+smallest size <= 5k) the kept set is asserted identical to the naive loop and the speedup printed.
 """
 
 import argparse
@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distill_assets.filters.dedup import greedy_near_dup
+from distill_assets.lib.filters.near_dup import greedy_near_dup
 
 
 def planted(n, d=384, frac=0.2, noise=0.35, seed=0):
@@ -29,8 +29,8 @@ def planted(n, d=384, frac=0.2, noise=0.35, seed=0):
     return X
 
 
-def guide_loop(embeddings, threshold=0.9):
-    """The guide's deduplicate(): cosine_similarity of each item to every kept item (sklearn's formula)."""
+def naive_loop(embeddings, threshold=0.9):
+    """The textbook deduplicate(): cosine_similarity of each item to every kept item (sklearn's formula)."""
     def cosine_similarity(a, b):
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
@@ -57,11 +57,11 @@ def main():
         line = f"n={n:>7}: blocked {ours:7.2f} s, kept {res.keep.sum()} ({1 - res.keep.mean():.1%} dropped)"
         if n <= 5000:
             t = time.perf_counter()
-            ref = guide_loop(X)
+            ref = naive_loop(X)
             loop = time.perf_counter() - t
             same = np.array_equal(np.flatnonzero(res.keep), np.array(ref))
-            assert same, "kept set differs from the guide's loop"
-            line += f" | guide loop {loop:7.2f} s, identical kept set: {same}, speedup {loop / ours:5.1f}x"
+            assert same, "kept set differs from the naive loop"
+            line += f" | naive loop {loop:7.2f} s, identical kept set: {same}, speedup {loop / ours:5.1f}x"
         print(line, flush=True)
         m = max(1, int(n * args.extra))
         new = planted(m, seed=1)

@@ -49,10 +49,10 @@ OURS = r'''
 import json, sys
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
-from distill_assets.training.config import TrainConfig, resolve_plan
-from distill_assets.training.lora import train_lora
+from distill_assets.lib.training.plan import TrainOptions, resolve_plan
+from distill_assets.lib.training.lora import train_lora
 a = json.loads(sys.argv[1]); d = json.load(open(a["data"]))
-plan = resolve_plan(TrainConfig(profile="full", max_steps=a["steps"], per_device_batch_size=a["bs"],
+plan = resolve_plan(TrainOptions(profile="full", max_steps=a["steps"], per_device_batch_size=a["bs"],
                                 effective_batch_size=a["bs"] * a["accum"], max_seq_len=a["seq"],
                                 num_threads=a["threads"], save_steps=10**6, gradient_checkpointing=False),
                     cuda_available=False)
@@ -83,15 +83,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=6)  # single ~9 s runs swing +-20% on a shared 2-core box
     ap.add_argument("--work", default="/tmp/distill-bench")
     a = ap.parse_args()
-    from distill_assets.settings import get_settings
-    from distill_assets.training.lora import split_dataset
-    from distill_assets.training.student import resolve_student_base
-    from tests.training.tiny_model import clean_frame
+    from distill_assets.lib.settings import get_settings
+    from distill_assets.lib.training.data import split_dataset
+    from distill_assets.lib.training.student import resolve_student_base
+    from tests.lib.training.tiny_model import VALIDATION_FRACTION, clean_frame
 
     model = a.model or str(resolve_student_base(None, get_settings().artifacts)[0])
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    tr, va, _ = split_dataset(clean_frame(8))
+    tr, va, _ = split_dataset(clean_frame(8), VALIDATION_FRACTION)
     data = work / "data.json"
     data.write_text(json.dumps({"train": [{"prompt": r["prompt"], "completion": r["completion"]} for r in tr],
                                 "val": [{"prompt": r["prompt"], "completion": r["completion"]} for r in va]}))

@@ -18,12 +18,18 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any
 
-if TYPE_CHECKING:  # dagster is imported lazily so `distill --help` stays fast
-    import dagster as dg
+import dagster as dg
+
+from distill_assets import definitions
+from distill_assets.lib.ledger import open_store
+from distill_assets.lib.settings import dagster_home as dagster_home_env
+from distill_assets.lib.settings import env, get_settings, log_level
+from distill_assets.lib.tasks import load_tasks
 
 # The stage groups, in graph order. "production" is the feedback loop fed by reported failures; the quickstart
 # has none, so it is not part of a fresh run.
@@ -60,9 +66,7 @@ class StageFailed(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------------
 def dagster_home() -> Path:
     """The persistent DAGSTER_HOME: `$DAGSTER_HOME`, else `$DISTILL_HOME/dagster_home` (exported for children)."""
-    from distill_assets.settings import get_settings
-
-    home = Path(os.environ.get("DAGSTER_HOME") or (get_settings().home / "dagster_home")).resolve()
+    home = Path(dagster_home_env() or (get_settings().home / "dagster_home")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
@@ -72,9 +76,7 @@ def dagster_home() -> Path:
     return home
 
 
-def get_instance() -> "dg.DagsterInstance":
-    import dagster as dg
-
+def get_instance() -> dg.DagsterInstance:
     dagster_home()
     return dg.DagsterInstance.get()
 
@@ -82,26 +84,22 @@ def get_instance() -> "dg.DagsterInstance":
 # ---------------------------------------------------------------------------------------------------------------
 # selection
 # ---------------------------------------------------------------------------------------------------------------
-def load_defs() -> "dg.Definitions":
-    from distill_assets.definitions import defs
-
-    return defs
+def load_defs() -> dg.Definitions:
+    """The code location's Definitions; `definitions.defs` is lazy, so the defs/ folder loads only here."""
+    return definitions.defs()
 
 
 def category_names() -> list[str]:
-    from distill_assets.tasks import load_tasks
-
     return list(load_tasks().names)
 
 
-def _is_category_partitioned(graph: Any, key: "dg.AssetKey") -> bool:
-    from distill_assets.partitions import CATEGORY
-
+def _is_category_partitioned(graph: Any, key: dg.AssetKey) -> bool:
     pdef = graph.get(key).partitions_def
-    return pdef is not None and set(pdef.get_partition_keys()) == set(CATEGORY.get_partition_keys())
+    # the category partitions are the task file's categories (defs/partitions.py builds them from it)
+    return pdef is not None and set(pdef.get_partition_keys()) == set(category_names())
 
 
-def split_by_partitioning(defs: "dg.Definitions", keys: Iterable["dg.AssetKey"]) -> tuple[list, list, list]:
+def split_by_partitioning(defs: dg.Definitions, keys: Iterable[dg.AssetKey]) -> tuple[list, list, list]:
     """(category-partitioned, unpartitioned, other) asset keys, each in topological order."""
     graph = defs.resolve_asset_graph()
     order = {k: i for i, k in enumerate(graph.toposorted_asset_keys)}
@@ -119,21 +117,19 @@ def split_by_partitioning(defs: "dg.Definitions", keys: Iterable["dg.AssetKey"])
     return part, unpart, other
 
 
-def group_of(defs: "dg.Definitions", key: "dg.AssetKey") -> str:
+def group_of(defs: dg.Definitions, key: dg.AssetKey) -> str:
     return defs.resolve_asset_graph().get(key).group_name or "default"
 
 
-def stage_keys(defs: "dg.Definitions", groups: Iterable[str] = STAGE_GROUPS) -> list["dg.AssetKey"]:
+def stage_keys(defs: dg.Definitions, groups: Iterable[str] = STAGE_GROUPS) -> list[dg.AssetKey]:
     graph = defs.resolve_asset_graph()
     wanted = set(groups)
     return [k for k in graph.toposorted_asset_keys
             if graph.get(k).is_materializable and (graph.get(k).group_name or "default") in wanted]
 
 
-def resolve_selection(defs: "dg.Definitions", select: str | None) -> list["dg.AssetKey"]:
+def resolve_selection(defs: dg.Definitions, select: str | None) -> list[dg.AssetKey]:
     """`a,b,c` (asset names) or Dagster's selection syntax (`group:seeds`, `key:raw_generations+`, ...)."""
-    import dagster as dg
-
     graph = defs.resolve_asset_graph()
     known = {k.to_user_string(): k for k in graph.get_all_asset_keys()}
     if not select:
@@ -169,8 +165,7 @@ class RunSummary:
 
 def _step_seconds(instance: Any, run_id: str) -> dict[str, float]:
     """Seconds per step from the stored event log (DagsterEvents carry no timestamps; log entries do)."""
-    from dagster import DagsterEventType as T
-
+    T = dg.DagsterEventType
     starts, out = {}, {}
     for entry in instance.all_logs(run_id, of_type={T.STEP_START, T.STEP_SUCCESS, T.STEP_FAILURE}):
         ev = entry.dagster_event
@@ -224,14 +219,14 @@ def _skips(result: Any) -> dict[str, str]:
     return out
 
 
-def execute(defs: "dg.Definitions", keys: list["dg.AssetKey"], *, instance: "dg.DagsterInstance",
+def execute(defs: dg.Definitions, keys: list[dg.AssetKey], *, instance: dg.DagsterInstance,
             partition_key: str | None, label: str, tags: dict[str, str] | None = None,
             ops_config: dict[str, dict] | None = None) -> RunSummary:
     """One in-process run of `keys` (with their checks) through the implicit global asset job."""
     job = defs.resolve_implicit_global_asset_job_def()
     t0 = time.perf_counter()
     # Dagster's console logger defaults to DEBUG (every engine event); INFO keeps the assets' own progress.
-    level = os.environ.get("DISTILL_LOG_LEVEL", "INFO").upper()
+    level = log_level()
     run_config: dict = {"loggers": {"console": {"config": {"log_level": level}}}}
     names = {k.to_user_string() for k in keys}
     ops = {op: {"config": cfg} for op, cfg in (ops_config or {}).items() if op in names}
@@ -245,8 +240,8 @@ def execute(defs: "dg.Definitions", keys: list["dg.AssetKey"], *, instance: "dg.
                       skipped=_skips(result))
 
 
-def materialize(keys: list["dg.AssetKey"], categories: list[str] | None, *, defs: "dg.Definitions | None" = None,
-                instance: "dg.DagsterInstance | None" = None, echo: Callable[[str], None] = print,
+def materialize(keys: list[dg.AssetKey], categories: list[str] | None, *, defs: dg.Definitions | None = None,
+                instance: dg.DagsterInstance | None = None, echo: Callable[[str], None] = print,
                 label: str = "materialize", ops_config: dict[str, dict] | None = None) -> list[RunSummary]:
     """Partitioned keys once per category, then unpartitioned keys once. Stops at the first failed run."""
     defs = defs or load_defs()
@@ -283,7 +278,7 @@ def materialize(keys: list["dg.AssetKey"], categories: list[str] | None, *, defs
 # ---------------------------------------------------------------------------------------------------------------
 # reporting
 # ---------------------------------------------------------------------------------------------------------------
-def stage_times(defs: "dg.Definitions", summaries: list[RunSummary]) -> dict[str, float]:
+def stage_times(defs: dg.Definitions, summaries: list[RunSummary]) -> dict[str, float]:
     """Seconds per stage group, summed over runs, from the step events (asset checks count with their asset)."""
     graph = defs.resolve_asset_graph()
     by_step: dict[str, str] = {}
@@ -310,8 +305,6 @@ def asset_times(summaries: list[RunSummary]) -> dict[str, float]:
 
 
 def latest_report(reports_dir: Path | None = None) -> Path | None:
-    from distill_assets.settings import get_settings
-
     d = reports_dir or get_settings().reports
     if not d.exists():
         return None
@@ -321,13 +314,10 @@ def latest_report(reports_dir: Path | None = None) -> Path | None:
 
 def artifact_rows() -> list[dict]:
     """The latest artifact per asset from the `artifacts` table (path, bytes), or [] before the first export."""
-    from distill_assets.settings import get_settings
-    from resources.store import DuckDBStore
-
     db = get_settings().database
     if not db.exists():
         return []
-    store = DuckDBStore(database=str(db))
+    store = open_store(str(db))
     if not store.table_exists("artifacts"):
         return []
     df = store.query_df(
@@ -348,7 +338,7 @@ def _fmt_bytes(n: Any) -> str:
     return f"{n:.1f} GB"
 
 
-def print_summary(defs: "dg.Definitions", summaries: list[RunSummary], total_s: float,
+def print_summary(defs: dg.Definitions, summaries: list[RunSummary], total_s: float,
                   echo: Callable[[str], None] = print) -> None:
     times = stage_times(defs, summaries)
     echo("")
@@ -369,18 +359,16 @@ def print_summary(defs: "dg.Definitions", summaries: list[RunSummary], total_s: 
             echo(f"  {r['asset']:<20} {r['path']}  ({size})")
     report = latest_report()
     echo(f"report:    {report if report else '(no HTML report was written)'}")
-    echo(f"dagster:   DAGSTER_HOME={os.environ.get('DAGSTER_HOME')}  -> see the runs with: distill ui")
+    echo(f"dagster:   DAGSTER_HOME={dagster_home_env()}  -> see the runs with: distill ui")
 
 
 def run(echo: Callable[[str], None] = print, groups: Iterable[str] = STAGE_GROUPS) -> list[RunSummary]:
     """Materialize every stage of the graph on the embedded defaults; raise StageFailed on the first failure."""
     t0 = time.perf_counter()
     home = dagster_home()
-    from distill_assets.settings import get_settings
-
     s = get_settings()
     echo(f"distill quickstart: DISTILL_HOME={s.home}  tasks={s.tasks_file}  DAGSTER_HOME={home}")
-    teacher = os.environ.get("TEACHER_BASE_URL") or "embedded llama.cpp SmolLM2-135M-Instruct"
+    teacher = env("TEACHER_BASE_URL") or "embedded llama.cpp SmolLM2-135M-Instruct"
     echo(f"teacher: {teacher}")
     defs = load_defs()
     keys = stage_keys(defs, groups)

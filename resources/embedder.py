@@ -17,9 +17,6 @@ from pydantic import Field
 
 from resources.store import DuckDBStore, insert_df
 
-EMBED_DDL = """CREATE TABLE IF NOT EXISTS embeddings (
-    model VARCHAR, text_hash VARCHAR, vector FLOAT[], PRIMARY KEY (model, text_hash))"""
-
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
@@ -37,6 +34,8 @@ class EmbedderResource(dg.ConfigurableResource):
     """Encodes texts with a sentence-transformers model; `model_path` None = the packaged all-MiniLM-L6-v2."""
 
     model_path: str | None = Field(default=None, description="local sentence-transformers folder")
+    embedded_model_dir: str | None = Field(
+        default=None, description="the packaged all-MiniLM-L6-v2 folder, loaded when model_path is unset")
     batch_size: int = Field(default=64, ge=1)
     device: str = "cpu"
 
@@ -45,9 +44,10 @@ class EmbedderResource(dg.ConfigurableResource):
         return self.model_path or "all-MiniLM-L6-v2"
 
     def _model(self):
-        from distill_assets.settings import embedded_embedder_dir
-
-        return _load(self.model_path or str(embedded_embedder_dir()), self.device)
+        path = self.model_path or self.embedded_model_dir
+        if not path:
+            raise ValueError("embedder: set model_path (EMBEDDER_PATH) or embedded_model_dir")
+        return _load(path, self.device)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Plain encode, normalized; no cache."""
@@ -67,7 +67,6 @@ class EmbedderResource(dg.ConfigurableResource):
         hashes = [text_hash(t) for t in texts]
         unique = list(dict.fromkeys(hashes))
         with store.connect() as conn:
-            conn.execute(EMBED_DDL)
             conn.register("_h", pd.DataFrame({"text_hash": unique}))
             try:
                 got = conn.execute(
@@ -87,6 +86,5 @@ class EmbedderResource(dg.ConfigurableResource):
                 known[h] = v
             rows = pd.DataFrame({"model": self.model_name, "text_hash": missing, "vector": [v.tolist() for v in vecs]})
             with store.connect() as conn:
-                conn.execute(EMBED_DDL)
                 insert_df(conn, "embeddings", rows, on_conflict="ignore")
         return np.stack([known[h] for h in hashes]).astype(np.float32)

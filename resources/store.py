@@ -9,54 +9,25 @@ Connections are short: callers batch their writes.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
 
 import dagster as dg
-from pydantic import Field
 import duckdb
 import pandas as pd
-
-SIDE_TABLES: dict[str, str] = {
-    "teacher_calls": """
-        CREATE TABLE IF NOT EXISTS teacher_calls (
-            call_key VARCHAR PRIMARY KEY, model VARCHAR, role VARCHAR, status VARCHAR, response VARCHAR,
-            finish_reason VARCHAR, prompt_tokens BIGINT, completion_tokens BIGINT, cost_usd DOUBLE,
-            latency_s DOUBLE, attempts INTEGER, error VARCHAR, category VARCHAR, run_id VARCHAR,
-            request_json VARCHAR, created_at TIMESTAMPTZ)""",
-    "lineage": """
-        CREATE TABLE IF NOT EXISTS lineage (
-            example_id VARCHAR, category VARCHAR, stage VARCHAR, verdict VARCHAR, reason VARCHAR,
-            evidence VARCHAR, run_id VARCHAR, recorded_at TIMESTAMPTZ, PRIMARY KEY (example_id, stage))""",
-    "artifacts": """
-        CREATE TABLE IF NOT EXISTS artifacts (
-            artifact_id VARCHAR PRIMARY KEY, asset VARCHAR, kind VARCHAR, path VARCHAR, sha256 VARCHAR,
-            bytes BIGINT, parent_artifact_id VARCHAR, dataset_version VARCHAR, run_id VARCHAR,
-            metadata VARCHAR, created_at TIMESTAMPTZ)""",
-    "production_failures": """
-        CREATE TABLE IF NOT EXISTS production_failures (
-            failure_id VARCHAR PRIMARY KEY, category VARCHAR, input VARCHAR, bad_output VARCHAR,
-            expected VARCHAR, reported_at TIMESTAMPTZ, status VARCHAR, source VARCHAR, ingested_at TIMESTAMPTZ,
-            ingest_seq BIGINT, batch_key VARCHAR, updated_at TIMESTAMPTZ, split VARCHAR, source_line INTEGER,
-            resolved_by VARCHAR)""",
-    "failure_rejects": """
-        CREATE TABLE IF NOT EXISTS failure_rejects (
-            source VARCHAR, line INTEGER, field VARCHAR, reason VARCHAR, raw VARCHAR, rejected_at TIMESTAMPTZ,
-            detail VARCHAR)""",
-}
+from pydantic import Field
 
 _local = threading.local()
 _thread_lock = threading.RLock()
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @contextmanager
@@ -113,15 +84,17 @@ def table_exists(conn: duckdb.DuckDBPyConnection, table: str, schema: str = "mai
 
 
 class DuckDBStore(dg.ConfigurableResource):
-    """The project's DuckDB file: side tables (teacher_calls, lineage, artifacts, ...) and ad-hoc queries."""
+    """The project's DuckDB file: transactions under a cross-process lock, inserts by column name, queries."""
 
     database: str = Field(description="Path of the DuckDB file ($DISTILL_HOME/distill.duckdb).")
     lock_timeout_s: float = 900.0
+    schema_sql: list[str] = Field(default_factory=list,
+                                  description="Idempotent CREATE statements run when a process first opens the file.")
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with locked_connection(self.database, self.lock_timeout_s) as conn:
-            _ensure_side_tables(conn, self.database)
+            _ensure_schema(conn, self.database, self.schema_sql)
             yield conn
 
     def query_df(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
@@ -150,26 +123,17 @@ class DuckDBStore(dg.ConfigurableResource):
                 conn.execute(f"DELETE FROM {table} WHERE {where}", params)
             return insert_df(conn, table, df, on_conflict="replace") if not df.empty else 0
 
-    def record_lineage(self, rows: pd.DataFrame, stage: str, category: str, run_id: str) -> int:
-        """Replace the verdicts of (stage, category) with `rows` (example_id, verdict, reason, evidence)."""
-        frame = lineage_frame(rows, stage, category, run_id)
-        return self.replace_rows("lineage", frame, "stage = ? AND category = ?", [stage, category])
 
-    def register_artifact(self, **row: Any) -> str:
-        row.setdefault("created_at", utcnow())
-        if isinstance(row.get("metadata"), (dict, list)):
-            row["metadata"] = json.dumps(row["metadata"], default=str)
-        self.insert_df("artifacts", pd.DataFrame([row]), on_conflict="replace")
-        return row["artifact_id"]
-
-
-def _ensure_side_tables(conn: duckdb.DuckDBPyConnection, database: str) -> None:
-    done = getattr(_local, "schema_done", set())
-    if database in done:
+def _ensure_schema(conn: duckdb.DuckDBPyConnection, database: str, statements: list[str]) -> None:
+    if not statements:
         return
-    for ddl in SIDE_TABLES.values():
+    key = (database, hash(tuple(statements)))
+    done = getattr(_local, "schema_done", set())
+    if key in done:
+        return
+    for ddl in statements:
         conn.execute(ddl)
-    done.add(database)
+    done.add(key)
     _local.schema_done = done
 
 
@@ -187,20 +151,3 @@ def insert_df(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, *, 
         return len(df)
     finally:
         conn.unregister("_distill_rows")
-
-
-def lineage_frame(rows: pd.DataFrame, stage: str, category: str, run_id: str) -> pd.DataFrame:
-    """Normalize verdict rows into the lineage table's columns; evidence becomes JSON text."""
-    out = pd.DataFrame(
-        {
-            "example_id": rows["example_id"].astype(str).to_numpy(),
-            "category": category,
-            "stage": stage,
-            "verdict": rows["verdict"].astype(str).to_numpy(),
-            "reason": rows["reason"].fillna("").astype(str).to_numpy(),
-            "evidence": [e if isinstance(e, str) else json.dumps(e, default=str) for e in rows["evidence"]],
-            "run_id": run_id,
-            "recorded_at": utcnow(),
-        }
-    )
-    return out.drop_duplicates(["example_id", "stage"], keep="last")

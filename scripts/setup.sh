@@ -38,14 +38,18 @@ fi
 extras="dev,scaleout"  # scaleout: validates the Kubernetes/Postgres profile against its schemas in tests
 python -m pip install -q -e ".[${extras}]"
 
+# Debian packages: bubblewrap isolates teacher-written code under verification
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+command -v bwrap >/dev/null || apt_install bubblewrap
+
 if [ "${1:-}" = "browser" ]; then
   # Debian's Chromium for the UI test (Playwright's own browser download does not work offline)
-  if [ ! -x /usr/bin/chromium ]; then
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    else
-      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    fi
-  fi
+  [ -x /usr/bin/chromium ] || apt_install chromium
 fi
 python -c "import torch, llama_cpp, dagster, distill_assets; print('distill ready: torch', torch.__version__, '| llama_cpp', llama_cpp.__version__, '| dagster', dagster.__version__)"

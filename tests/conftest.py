@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from distill_assets.lib.ledger import open_store
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
@@ -24,9 +26,8 @@ def db_path(distill_home) -> str:
 
 @pytest.fixture
 def store(db_path):
-    from resources.store import DuckDBStore
 
-    return DuckDBStore(database=db_path)
+    return open_store(db_path)
 
 
 @pytest.fixture

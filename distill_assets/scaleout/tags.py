@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from typing import Any
+
+from distill_assets.lib.settings import k8s_gpu_node_selector_raw, teacher_backend
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
 
@@ -25,7 +26,7 @@ GPU_TOLERATIONS = [
 
 
 def gpu_node_selector() -> dict[str, str]:
-    raw = os.environ.get("DISTILL_K8S_GPU_NODE_SELECTOR")
+    raw = k8s_gpu_node_selector_raw()
     if raw:
         value = json.loads(raw)
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -103,7 +104,7 @@ STEP_PROFILES: dict[str, str] = {
 def step_profiles() -> dict[str, str]:
     """STEP_PROFILES for this deployment: generation needs a GPU only with the in-process vLLM backend."""
     out = dict(STEP_PROFILES)
-    if os.environ.get("TEACHER_BACKEND", "auto") != "vllm":
+    if teacher_backend() != "vllm":
         out["raw_generations"] = "cpu"  # a remote teacher fleet (TEACHER_BASE_URL) does the GPU work
     return out
 

@@ -312,7 +312,7 @@ BACKFILL_ASSET = "seed_prompts"  # the cheapest partitioned asset: reads the dem
 
 
 def _all_partitions() -> list[str]:
-    from distill_assets.partitions import CATEGORY
+    from distill_assets.defs.partitions import CATEGORY
 
     return list(CATEGORY.get_partition_keys())
 

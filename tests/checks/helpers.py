@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from checks.contamination import normalize_words
-from distill_assets.eval_set import load_eval_file
-from distill_assets.seeds import load_seed_file
-from distill_assets.tasks import load_tasks
+from distill_assets.lib.records import load_eval_file, load_seed_file
+from distill_assets.lib.tasks import load_tasks
+from distill_assets.lib.text import normalize_words
 
 CATEGORY_NAME = "support"
 

@@ -1,19 +1,29 @@
 import json
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 
-from checks.contamination import (build_contamination_checks, contamination_check_result, find_contamination,
-                                  flag_rows, normalize_words, seed_texts, training_texts, word_ngrams)
-from distill_assets.eval_set import eval_set
-from distill_assets.filters.decontaminate import decontaminate
-from distill_assets.partitions import CATEGORY
-from resources.embedder import EmbedderResource
+from checks.clean_dataset import build_clean_contamination_check
+from checks.contamination_result import contamination_check_result
+from checks.tables import build_schema_check
+from distill_assets.defs.eval_set import eval_set
+from distill_assets.defs.partitions import CATEGORY
+from distill_assets.defs.resources import embedded_embedder
+from distill_assets.lib.contamination import seed_texts, training_texts
+from distill_assets.lib.filters.decontaminate import decontaminate
+from distill_assets.lib.ledger import open_store
 from resources.io_manager import DistillDuckDBIOManager
-from resources.store import DuckDBStore
-from tests.checks.helpers import CATEGORY_NAME, category, clean_frame, clean_rows, eval_frame, hash_encode, seed_pairs, seeds
+from tests.checks.helpers import (
+    CATEGORY_NAME,
+    category,
+    clean_frame,
+    clean_rows,
+    eval_frame,
+    hash_encode,
+    seed_pairs,
+    seeds,
+)
 
 # A real rephrasing of the first support eval prompt ("I earned 500 loyalty points on my last purchase but they
 # are not showing in my rewards balance. When do points get added?"): no word 8-gram in common.
@@ -23,17 +33,11 @@ PARAPHRASE = ("I got 500 loyalty points from my most recent purchase, but they s
 
 @pytest.fixture(scope="module")
 def embedder():
-    return EmbedderResource()
+    return embedded_embedder()
 
 
 def cfg():
     return category().contamination
-
-
-def test_normalization_lowercases_strips_punctuation_and_collapses_whitespace():
-    assert normalize_words("Hello,   World!\n\tIt's  snake_case") == ["hello", "world", "it", "s", "snake", "case"]
-    assert word_ngrams(["a", "b", "c", "d"], 3) == {"a b c", "b c d"}
-    assert word_ngrams(["a", "b"], 3) == set()
 
 
 def test_clean_training_data_passes():
@@ -56,24 +60,6 @@ def test_pasted_eval_item_fails_with_13gram_and_8gram_evidence():
     assert {e["eval_id"] for e in evidence} == {item["eval_id"]}
     assert all(e["ngrams"] for e in evidence)
     assert item["eval_id"] in r.metadata["pairs"].value
-
-
-def test_eval_answer_pasted_into_a_response_is_caught_by_13grams():
-    ev = eval_frame()
-    item = ev[ev["reference_response"].notna()].iloc[0]
-    train = training_texts(clean_rows(seed_pairs(n=5) + [("Any tips on this?", item["reference_response"])]))
-    m = find_contamination(train, ev, cfg(), None)
-    assert set(m["rule"]) == {"contaminated_13gram"}  # 8-grams compare against eval questions only
-    assert set(m["train_field"]) == {"response"} and set(m["eval_field"]) == {"reference_response"}
-
-
-def test_short_eval_text_is_matched_whole():
-    ev = pd.DataFrame([{"eval_id": "e1", "prompt": "Where is my parcel right now?", "reference_response": None}])
-    train = pd.DataFrame([{"example_id": "x", "instruction": "Hi. WHERE is my parcel, right now? Thanks",
-                           "response": "ok"}])
-    m = find_contamination(train, ev, cfg(), None)
-    assert set(m["rule"]) == {"contaminated_13gram", "contaminated_8gram"}
-    assert m["ngrams"].iloc[0] == ["where is my parcel right now"]
 
 
 def test_empty_eval_set_fails_rather_than_passing_vacuously():
@@ -139,15 +125,13 @@ def _graph(frame: pd.DataFrame):
     def lora_stand_in(clean_dataset: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"rows": [len(clean_dataset)]})
 
-    from checks.schema_checks import build_schema_check
-
-    return [eval_set, clean_stand_in, build_contamination_checks()[0], build_schema_check("clean_dataset"),
-            lora_stand_in]
+    return [eval_set, clean_stand_in, build_clean_contamination_check(CATEGORY),
+            build_schema_check("clean_dataset", CATEGORY), lora_stand_in]
 
 
 def _resources(tmp_path, embedder):
     db = str(tmp_path / "d.duckdb")
-    return {"io_manager": DistillDuckDBIOManager(database=db), "store": DuckDBStore(database=db),
+    return {"io_manager": DistillDuckDBIOManager(database=db), "store": open_store(db),
             "embedder": embedder}
 
 

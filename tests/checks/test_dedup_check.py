@@ -1,11 +1,7 @@
 import dagster as dg
-import numpy as np
-import pandas as pd
-import pytest
 
-from checks.dedup import dedup_check_result, exact_duplicates, near_duplicate_pairs
-from checks.contamination import training_texts
-from resources.embedder import EmbedderResource
+from checks.clean_dataset import dedup_check_result
+from distill_assets.defs.resources import embedded_embedder
 from tests.checks.helpers import category, clean_frame, clean_rows, hash_encode, seed_pairs
 
 
@@ -47,18 +43,6 @@ def test_threshold_comes_from_the_task_file():
     assert dedup_check_result(df, loose, hash_encode).passed
 
 
-def test_blocked_pairs_equal_the_full_matrix():
-    rng = np.random.default_rng(0)
-    v = rng.normal(size=(300, 16)).astype(np.float32)
-    v[50] = v[7] + 0.01
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    full = v @ v.T
-    iu = np.triu_indices(len(v), 1)
-    want = int((full[iu] > 0.6).sum())
-    n, top = near_duplicate_pairs(v, 0.6, block=64, keep_top=10_000)
-    assert n == want and len(top) == want and (7, 50) in {(i, j) for i, j, _ in top}
-
-
 def test_label_task_embeds_instruction_with_label():
     c = category("classify")
     rows = clean_rows([("Classify the intent of this message: my card was charged twice", "billing"),
@@ -68,7 +52,7 @@ def test_label_task_embeds_instruction_with_label():
 
 
 def test_real_embeddings_catch_a_reworded_response():
-    e = EmbedderResource()
+    e = embedded_embedder()
     pairs = [("Where is my order?", "Your order shipped yesterday and should arrive within three business days."),
              ("Has my package left?", "Your order was shipped yesterday and it should arrive in three business days.")]
     r = dedup_check_result(clean_rows(pairs), category(), e.encode)

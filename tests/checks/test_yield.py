@@ -1,9 +1,11 @@
 import dagster as dg
 import pandas as pd
 
-from checks.yield_check import evaluate_yield, yield_check_result
-from distill_assets.stages import funnel
-from resources.store import DuckDBStore
+from checks.clean_dataset import yield_check_result
+from distill_assets.lib import ledger
+from distill_assets.lib.ledger import open_store
+from distill_assets.lib.stages import funnel
+from distill_assets.lib.yields import evaluate_yield
 from tests.checks.helpers import category, clean_frame
 
 
@@ -61,15 +63,15 @@ def test_no_raw_rows_is_an_error():
 
 
 def test_funnel_from_the_lineage_table(tmp_path):
-    store = DuckDBStore(database=str(tmp_path / "d.duckdb"))
+    store = open_store(str(tmp_path / "d.duckdb"))
     for stage, n_in, n_kept in [("quality_filtered", 100, 85), ("deduplicated", 85, 60), ("judged", 60, 45),
                                 ("verified", 45, 36)]:
-        store.record_lineage(pd.DataFrame({"example_id": [f"x{i}" for i in range(n_in)],
+        ledger.record_lineage(store, pd.DataFrame({"example_id": [f"x{i}" for i in range(n_in)],
                                            "verdict": ["kept"] * n_kept + ["dropped"] * (n_in - n_kept),
                                            "reason": "r", "evidence": "{}"}), stage, "support", "run")
     rep = evaluate_yield(100, clean_frame(n=30), funnel(store, "support"), category())
     assert rep.passed, rep.issues
-    store.record_lineage(pd.DataFrame({"example_id": [f"x{i}" for i in range(60)],
+    ledger.record_lineage(store, pd.DataFrame({"example_id": [f"x{i}" for i in range(60)],
                                        "verdict": ["kept"] * 10 + ["dropped"] * 50, "reason": "r", "evidence": "{}"}),
                          "judged", "support", "run")
     rep = evaluate_yield(100, clean_frame(n=30), funnel(store, "support"), category())

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from distill_assets.generation import raw_generations
-from distill_assets.resources_factory import build_resources
-from distill_assets.seeds import seed_prompts
+from distill_assets.defs.generation import raw_generations
+from distill_assets.defs.resources import build_resources
+from distill_assets.defs.seeds import seed_prompts
 
 
 def generation_job() -> dg.JobDefinition:

@@ -14,8 +14,8 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 FAULTS = ("429", "500", "hang", "reset", "malformed", "empty")
 
@@ -47,6 +47,8 @@ class FakeOpenAIServer:
     total: int = 0
     keep_bodies: bool = False  # keep every request body in `bodies` (tests that inspect what was sent)
     bodies: list = field(default_factory=list)
+    require_key: str | None = None  # answer 401 unless `Authorization: Bearer <require_key>`
+    authorizations: Counter = field(default_factory=Counter)  # Authorization header value -> count
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
@@ -61,7 +63,7 @@ class FakeOpenAIServer:
         return f"http://{self.host}:{self.port}/v1"
 
     # lifecycle -----------------------------------------------------------------------------------------------
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> FakeOpenAIServer:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -113,6 +115,12 @@ class FakeOpenAIServer:
                 headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
                 n = int(headers.get("content-length", "0"))
                 raw = await reader.readexactly(n) if n else b""
+                with self._lock:
+                    self.authorizations[headers.get("authorization", "")] += 1
+                if self.require_key is not None and headers.get("authorization") != f"Bearer {self.require_key}":
+                    self._send(writer, 401, b'{"error": {"message": "Incorrect API key provided"}}')
+                    await writer.drain()
+                    continue
                 if not await self._respond(method, path, raw, writer):
                     return
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
@@ -124,7 +132,7 @@ class FakeOpenAIServer:
                 pass
 
     def _send(self, writer, status: int, body: bytes, extra: dict | None = None) -> None:
-        reason = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}.get(status, "X")
+        reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}.get(status, "X")
         hdr = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
                "connection: keep-alive"]
         hdr += [f"{k}: {v}" for k, v in (extra or {}).items()]

@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
-from resources.llm import (APIConnectionError, APIStatusError, APITimeoutError, ChatRequest, LLMResource,
-                           _ChatHTTP, _status_message)
+from resources.llm import ChatRequest, LLMResource
+from resources.llm_http import _ChatHTTP, _status_message
+from resources.llm_types import APIConnectionError, APIStatusError, APITimeoutError
 from tests.fakes.openai_server import FakeOpenAIServer
 
 

@@ -6,7 +6,9 @@ from collections import Counter
 
 import pytest
 
-from resources.llm import ChatRequest, LLMResource, _retry_after, replay_journals
+from resources.llm import ChatRequest, LLMResource
+from resources.llm_http import _retry_after
+from resources.llm_journal import replay_journals
 from tests.fakes.openai_server import FakeOpenAIServer
 
 
@@ -127,7 +129,6 @@ def test_duplicate_requests_in_one_batch_are_sent_once(store):
 
 def test_journal_replay_recovers_rows(store, tmp_path):
     import json
-
     from pathlib import Path
 
     journal = Path(store.database).parent / "journal"
@@ -174,7 +175,7 @@ def test_embedded_server_defaults_to_llama_cpp_form():
 
 
 def test_env_configures_teacher_and_judge(monkeypatch):
-    from distill_assets.resources_factory import llm_from_env
+    from distill_assets.defs.resources import llm_from_env
 
     monkeypatch.setenv("TEACHER_BASE_URL", "http://teacher:8000/v1")
     monkeypatch.setenv("TEACHER_MODEL", "big")
@@ -192,7 +193,7 @@ def test_env_configures_teacher_and_judge(monkeypatch):
     ("TEACHER_MAX_CONCURRENCY", "many", "invalid literal"), ("TEACHER_MAX_CONCURRENCY", "0", "greater than"),
 ])
 def test_a_bad_env_value_names_its_variable(monkeypatch, var, value, says):
-    from distill_assets.resources_factory import llm_from_env
+    from distill_assets.defs.resources import llm_from_env
 
     monkeypatch.setenv(var, value)
     with pytest.raises(ValueError) as e:

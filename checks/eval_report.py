@@ -1,0 +1,62 @@
+"""Checks of `eval_report`: the eval gate (student beats the base and meets each category's transfer target).
+
+Read-only: the check computes the gate decision (lib/evaluation/gate.py) and reports it; the `model_versions`
+row is written by the `failure_resolution` asset, the one writer of the promoted flag. Severity (WARN or ERROR)
+is run config `severity`, else env DISTILL_EVAL_GATE_SEVERITY, else WARN; it only decides whether a failed gate
+stops the run, never the decision.
+"""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from distill_assets.lib.evaluation.gate import (
+    MIN_WIN_RATE_VS_BASE,
+    decide_version,
+    gate_targets,
+    latest_evaluated_version,
+)
+from distill_assets.lib.settings import eval_gate_severity
+from distill_assets.lib.tasks import load_tasks
+from resources.store import DuckDBStore
+
+
+class EvalGateConfig(dg.Config):
+    severity: str = Field(default_factory=eval_gate_severity, description="WARN or ERROR when the gate fails")
+    min_win_rate_vs_base: float = Field(default=MIN_WIN_RATE_VS_BASE, ge=0, le=1,
+                                        description="the student must beat the base")
+
+
+def _evaluated_version(context: dg.AssetCheckExecutionContext, store: DuckDBStore,
+                       asset_key: dg.AssetKey) -> tuple[str | None, str | None]:
+    ev = context.instance.get_latest_materialization_event(asset_key)
+    mat = ev.asset_materialization if ev is not None else None
+    if mat is not None and "adapter_version" in mat.metadata:
+        return str(mat.metadata["adapter_version"].value), ev.run_id
+    return latest_evaluated_version(store)
+
+
+def build_eval_report_checks(asset_key: dg.AssetKey | str = "eval_report") -> list[dg.AssetChecksDefinition]:
+    key = dg.AssetKey.from_coercible(asset_key)
+
+    @dg.asset_check(asset=key, name="eval_gate", blocking=True,
+                    description="Student beats base (win rate > 50%) and meets each category's transfer target; "
+                                "failure_resolution records the decision in model_versions.")
+    def eval_gate(context: dg.AssetCheckExecutionContext, config: EvalGateConfig,
+                  store: DuckDBStore) -> dg.AssetCheckResult:
+        severity = dg.AssetCheckSeverity.ERROR if config.severity.upper() == "ERROR" else dg.AssetCheckSeverity.WARN
+        version, _ = _evaluated_version(context, store, key)
+        if version is None:
+            return dg.AssetCheckResult(passed=False, severity=severity, metadata={"reason": "no eval_summary rows"})
+        decision = decide_version(store, version, gate_targets(load_tasks()), config.min_win_rate_vs_base)
+        table = pd.DataFrame([{"category": k, **v} for k, v in decision["per_category"].items()])
+        return dg.AssetCheckResult(
+            passed=bool(decision["passed"]), severity=severity,
+            metadata={
+                "adapter_version": version, "promoted": bool(decision["passed"]),
+                "win_rate_vs_base": decision["win_rate_vs_base"] if decision["win_rate_vs_base"] is not None else "n/a",
+                "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision["reasons"]) or "all criteria met"),
+                "transfer_by_category": dg.MetadataValue.md(table.to_markdown(index=False) if not table.empty else "-"),
+            })
+
+    return [eval_gate]

@@ -1,0 +1,161 @@
+"""`distill`: what users do outside the Dagster UI.
+
+    distill quickstart                       materialize the whole graph on the embedded defaults
+    distill ui                               open the Dagster UI (dagster dev) on the same instance
+    distill materialize --category math      materialize the per-category assets of some partitions
+    distill backfill --category math --wait  launch a Dagster backfill (run by the daemon) and follow it
+    distill lineage why|from EXAMPLE_ID      why an example was kept or dropped / where it came from
+    distill failures add FILE | list         report production failures / list them
+    distill report open                      the latest HTML eval report
+
+This module parses arguments only: the command modules (`commands.py`, `backfill.py`) import Dagster and the
+resources, and are loaded after parsing, so `--help` is instant. Bad input (unknown category, asset or id,
+unreadable file) prints one line and exits with status 2; a failed run exits with status 1; neither prints a
+traceback (set DISTILL_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from distill_assets.cli.errors import RunError, UsageError
+from distill_assets.lib.errors import InputError, InputErrors
+from distill_assets.lib.settings import debug
+
+PROG = "distill"
+
+
+def _apply_env(args: argparse.Namespace) -> None:
+    # --home/--tasks override the environment for everything the command then loads (settings, task file,
+    # the Definitions and any child process such as dagster dev).
+    if getattr(args, "home", None):
+        os.environ["DISTILL_HOME"] = str(Path(args.home).resolve())
+    if getattr(args, "tasks", None):
+        p = Path(args.tasks)
+        if not p.is_file():
+            raise UsageError(f"task file not found: {p}")
+        os.environ["DISTILL_TASKS"] = str(p.resolve())
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    module, name = args.fn
+    # loaded only now: the command modules import Dagster, which `--help` must not pay for
+    commands = importlib.import_module(f"distill_assets.cli.{module}")
+    return int(getattr(commands, name)(args) or 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", metavar="DIR", help="data directory (overrides $DISTILL_HOME, default ./.distill)")
+    common.add_argument("--tasks", metavar="FILE", help="task file (overrides $DISTILL_TASKS, default: the demo)")
+
+    p = argparse.ArgumentParser(prog=PROG, description="Teacher-to-student distillation as a Dagster asset graph.",
+                                epilog="The Dagster UI is the main interface: `distill ui`.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    q = sub.add_parser("quickstart", parents=[common], help="materialize the whole graph on the embedded defaults",
+                       description="Materialize every stage (seeds .. eval_report) in-process on the embedded "
+                                   "teacher; print time per stage and where the report and exports are. Runs "
+                                   "are recorded in $DAGSTER_HOME (default $DISTILL_HOME/dagster_home).")
+    q.set_defaults(fn=("commands", "cmd_quickstart"))
+
+    u = sub.add_parser("ui", parents=[common], help="start the Dagster UI (dagster dev) on the distill instance",
+                       description="Run `dagster dev` on $DAGSTER_HOME (default $DISTILL_HOME/dagster_home), "
+                                   "so quickstart and CLI runs appear in the UI.")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=3000)
+    u.set_defaults(fn=("commands", "cmd_ui"))
+
+    m = sub.add_parser("materialize", parents=[common], help="materialize assets for some category partitions",
+                       description="Materialize the per-category assets (with their checks) for each --category, "
+                                   "one in-process run per partition, recorded in the Dagster instance.")
+    m.add_argument("--category", "-c", action="append", metavar="NAME",
+                   help="a category (partition) from the task file; repeat for several")
+    m.add_argument("--select", "-s", metavar="ASSETS",
+                   help="asset names (a,b) or a Dagster selection (group:seeds, key:raw_generations+); "
+                        "default: every per-category asset")
+    m.set_defaults(fn=("commands", "cmd_materialize"))
+
+    b = sub.add_parser("backfill", parents=[common], help="launch a Dagster backfill of category partitions",
+                       description="Store an asset backfill in the Dagster instance (as the UI's 'Materialize "
+                                   "partitions' does); the backfill daemon runs one run per partition.")
+    b.add_argument("--category", "-c", action="append", metavar="NAME", help="partition; default: all categories")
+    b.add_argument("--select", "-s", metavar="ASSETS", help="as for materialize; default: every per-category asset")
+    b.add_argument("--title", help="a title shown in the UI's backfill list")
+    b.add_argument("--wait", action="store_true",
+                   help="follow the backfill to the end (starts dagster-daemon if none is running)")
+    b.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
+    b.set_defaults(fn=("backfill", "cmd_backfill"))
+
+    lin = sub.add_parser("lineage", parents=[common], help="why an example was kept/dropped, or where it came from")
+    lsub = lin.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, helptext in (("why", "every stage's verdict, reason and evidence for EXAMPLE_ID"),
+                           ("from", "the seed and generation chain EXAMPLE_ID came from")):
+        lp = lsub.add_parser(name, parents=[common], help=helptext, description=helptext)
+        lp.add_argument("example_id")
+        lp.add_argument("--json", action="store_true", help="print JSON records")
+        lp.set_defaults(fn=("commands", "cmd_lineage"))
+
+    f = sub.add_parser("failures", parents=[common], help="report production failures and list them")
+    fsub = f.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fa = fsub.add_parser("add", parents=[common], help="ingest a JSONL/CSV file of production failures",
+                         description="Ingest failures (category, input, bad_output, expected?) into "
+                                     "production_failures.")
+    fa.add_argument("file")
+    fa.set_defaults(fn=("commands", "cmd_failures_add"))
+    fl = fsub.add_parser("list", parents=[common], help="list reported failures")
+    fl.add_argument("--status", help="only this status: pending, in_training, held_out or resolved")
+    fl.add_argument("--category", "-c", help="only this category")
+    fl.add_argument("--json", action="store_true", help="print JSON records")
+    fl.set_defaults(fn=("commands", "cmd_failures_list"))
+
+    r = sub.add_parser("report", parents=[common], help="the eval report")
+    rsub = r.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ro = rsub.add_parser("open", parents=[common], help="print (and with --browser open) the latest HTML report")
+    ro.add_argument("--browser", action="store_true", help="also open it in the default browser")
+    ro.set_defaults(fn=("commands", "cmd_report_open"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Dagster flags beta/preview parameters on every import; they say nothing a CLI user can act on.
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
+    try:
+        _apply_env(args)
+        return _run_command(args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except RunError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug():
+            raise
+        if isinstance(e, InputErrors) and e.errors:
+            more = f" (+{len(e.errors) - 1} more)" if len(e.errors) > 1 else ""
+            print(f"{PROG}: error: {e.errors[0]}{more}", file=sys.stderr)
+            return 2
+        if isinstance(e, (InputError, InputErrors, FileNotFoundError, ValueError)):
+            first = str(e).strip().splitlines()
+            print(f"{PROG}: error: {first[0] if first else type(e).__name__}"
+                  + (f" (+{len(first) - 1} more lines)" if len(first) > 1 else ""), file=sys.stderr)
+            return 2
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("distill_assets"):
+            print(f"{PROG}: this command needs {e.name}, which is not in this install", file=sys.stderr)
+            return 1
+        print(f"{PROG}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+              "(DISTILL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

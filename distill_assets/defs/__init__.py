@@ -1,0 +1,1 @@
+"""Dagster wiring only: assets, asset checks, resources, jobs and sensors, one file per stage."""

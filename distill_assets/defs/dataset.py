@@ -1,0 +1,53 @@
+"""`clean_dataset`: the rows that survived every filter, in chat format, exported per category."""
+
+import dagster as dg
+import pandas as pd
+
+from distill_assets.defs.partitions import CATEGORY
+from distill_assets.defs.stage_output import stage_metadata
+from distill_assets.lib import ledger
+from distill_assets.lib.dataset import COLUMNS, clean_frame, export_dataset
+from distill_assets.lib.ids import frame_version
+from distill_assets.lib.settings import get_settings
+from distill_assets.lib.stages import annotate, kept
+from distill_assets.lib.tasks import load_tasks
+from resources.store import DuckDBStore
+
+
+@dg.asset(
+    name="clean_dataset",
+    ins={"decontaminated": dg.AssetIn("decontaminated")},
+    partitions_def=CATEGORY,
+    group_name="dataset",
+    kinds={"duckdb", "pandas", "parquet"},
+    code_version="dataset-v1",
+    metadata={"partition_expr": "category"},
+)
+def clean_dataset(context: dg.AssetExecutionContext, store: DuckDBStore, decontaminated: pd.DataFrame):
+    """The category's training examples: rows kept by every filter, as system/user/assistant chat messages that
+    render with the student chat template, with a deterministic ~validation_fraction validation split and
+    provenance (seed_id, method, difficulty, source, generation_id). Exported to
+    $DISTILL_HOME/datasets/<category>/ (train.jsonl, validation.jsonl, data.parquet); version = content hash."""
+    category = load_tasks().category(context.partition_key)
+    rows = kept(decontaminated)
+    annotated, out = clean_frame(rows, category) if len(rows) else (annotate(rows, [], [], []),
+                                                                    pd.DataFrame(columns=COLUMNS))
+    if len(annotated):
+        ledger.record_lineage(store, annotated, stage="clean_dataset", category=category.name, run_id=context.run.run_id)
+    else:
+        store.replace_rows("lineage", pd.DataFrame(), "stage = ? AND category = ?", ["clean_dataset", category.name])
+    version = frame_version(out)
+    paths = export_dataset(out, get_settings().home / "datasets" / category.name, version)
+    md = stage_metadata(store, annotated, category.name,
+                        ["example_id", "method", "instruction", "response", "verdict", "reason"])
+    md.update({
+        "dataset_version": version,
+        "rows": dg.MetadataValue.int(int(len(out))),
+        "splits": dg.MetadataValue.json({s: int((out["split"] == s).sum()) for s in ("train", "validation")}),
+        "path": dg.MetadataValue.path(str(paths["parquet"].parent)),
+        "preview": dg.MetadataValue.md(out.head(5).to_markdown(index=False) if len(out) else "(no rows)"),
+    })
+    return dg.Output(out, metadata=md, data_version=dg.DataVersion(version))
+
+
+assets = [clean_dataset]

@@ -1,0 +1,66 @@
+"""`raw_generations`: teacher outputs per category by the task's generation methods."""
+
+import dagster as dg
+import pandas as pd
+
+from distill_assets.defs.partitions import CATEGORY
+from distill_assets.lib.generation.plan import category_cost, generate
+from distill_assets.lib.ids import frame_version
+from distill_assets.lib.stages import preview_markdown
+from distill_assets.lib.tasks import load_tasks
+from resources.llm import LLMResource
+from resources.store import DuckDBStore
+
+
+@dg.asset(
+    partitions_def=CATEGORY,
+    group_name="generation",
+    kinds={"openai", "duckdb"},
+    code_version="generation-v1",
+    metadata={"partition_expr": "category"},
+    pool="teacher",
+    ins={"seed_prompts": dg.AssetIn("seed_prompts")},
+)
+def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFrame, store: DuckDBStore,
+                    teacher: LLMResource) -> dg.Output[pd.DataFrame]:
+    """Teacher generations of one category (one row per answered sample) by the task's methods, with the chat
+    `messages` to train on, the teacher model, params, tokens, latency and the call key into `teacher_calls`.
+    Every call is cached: a rerun after a crash pays only for calls never answered."""
+    category = load_tasks().category(context.partition_key)
+    if seed_prompts.empty:
+        raise ValueError(f"seed_prompts[{category.name}] is empty; materialize seed_prompts first")
+    with teacher.session(store, run_id=context.run.run_id, logger=context.log) as session:
+        df, stats = generate(category, seed_prompts, session)
+        model = session.model
+    if df.empty and stats.failed:
+        raise RuntimeError(
+            f"raw_generations[{category.name}]: all {stats.failed} teacher call(s) failed {stats.failures}; "
+            "nothing was generated. The failures are in teacher_calls; a rerun retries them."
+        )
+    if stats.failed:
+        context.log.warning(f"{stats.failed} call(s) failed after retries {stats.failures}; rerun to retry them")
+    if stats.budget_note:
+        context.log.warning(stats.budget_note)
+    cost = category_cost(store, df["call_key"].tolist())
+    version = frame_version(df, ["generation_id", "response"])
+    return dg.Output(
+        df,
+        metadata={
+            "rows": dg.MetadataValue.int(len(df)),
+            "by_method": dg.MetadataValue.json(df["method"].value_counts().to_dict()),
+            "teacher": dg.MetadataValue.json({**teacher.describe(), "model": model}),
+            "calls": dg.MetadataValue.int(stats.calls),
+            "calls_from_cache": dg.MetadataValue.int(stats.cached),
+            "calls_failed": dg.MetadataValue.int(stats.failed),
+            "budget_stop": dg.MetadataValue.text(stats.budget_note or "no"),
+            "prompt_tokens": dg.MetadataValue.int(cost["prompt_tokens"]),
+            "completion_tokens": dg.MetadataValue.int(cost["completion_tokens"]),
+            "cost_usd": dg.MetadataValue.float(round(cost["cost_usd"], 6)),
+            "seconds": dg.MetadataValue.float(round(stats.seconds, 2)),
+            "preview": dg.MetadataValue.md(preview_markdown(df, ["generation_id", "method", "instruction", "response"])),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+assets = [raw_generations]

@@ -1,0 +1,1 @@
+"""The pure library: plain functions over DataFrames and paths. Never imports dagster."""

@@ -1,0 +1,196 @@
+"""Contamination: does training text overlap the held-out eval set?
+
+Three independent rules, all thresholds from the task file (`Category.contamination`):
+- word `ngram_long`-gram overlap (13, the lm-eval-harness / GPT-3 convention) against eval prompts and answers;
+- word `ngram_short`-gram overlap (8, the open-r1 convention: a single hit flags the row) against eval prompts;
+- embedding cosine of training instructions with eval prompts at or above `embed_threshold` (0.95,
+  all-MiniLM-L6-v2), which catches rephrasings that share no n-gram (llm-decontaminator's finding).
+
+Text is normalized before n-grams (lib/text.py normalize_words): lower-cased, punctuation replaced by spaces,
+whitespace collapsed.
+An eval text shorter than n words (but at least `min_ngram_words`) counts as one whole-text n-gram, so a short
+eval question pasted verbatim is still caught.
+"""
+
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distill_assets.lib.eval_set import build_eval_frame
+from distill_assets.lib.tasks import Category, Contamination
+from distill_assets.lib.text import normalize_words, word_ngrams
+from resources.embedder import EmbedderResource
+from resources.store import DuckDBStore
+
+Encode = Callable[[list[str]], np.ndarray]
+
+MATCH_COLUMNS = ["example_id", "eval_id", "rule", "train_field", "eval_field", "ngrams", "n_ngrams", "cosine"]
+
+
+# ---------------------------------------------------------------- text
+
+def _messages_text(messages: Any, role: str) -> str:
+    try:
+        msgs = json.loads(messages) if isinstance(messages, str) else (messages or [])
+    except json.JSONDecodeError:
+        return ""
+    return "\n".join(m.get("content") or "" for m in msgs if isinstance(m, dict) and m.get("role") == role)
+
+
+def training_texts(df: pd.DataFrame, id_column: str = "example_id") -> pd.DataFrame:
+    """(example_id, instruction, response) of training rows: the `instruction`/`response` columns when the table
+    has them (filter stages), otherwise the user and assistant turns of `messages` (clean_dataset)."""
+    if df.empty:
+        return pd.DataFrame(columns=["example_id", "instruction", "response"])
+    if "instruction" in df.columns and "response" in df.columns:
+        ins, resp = df["instruction"], df["response"]
+    elif "messages" in df.columns:
+        ins = df["messages"].map(lambda m: _messages_text(m, "user"))
+        resp = df["messages"].map(lambda m: _messages_text(m, "assistant"))
+    else:
+        raise KeyError("training rows need instruction/response columns or a messages column")
+    return pd.DataFrame({
+        "example_id": df[id_column].astype(str).to_numpy(),
+        "instruction": ins.fillna("").astype(str).to_numpy(),
+        "response": resp.fillna("").astype(str).to_numpy(),
+    })
+
+
+def seed_texts(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Seeds as training-like rows: the prompt is the instruction, the reference response the response."""
+    if seeds.empty:
+        return pd.DataFrame(columns=["example_id", "instruction", "response"])
+    return pd.DataFrame({
+        "example_id": seeds["seed_id"].astype(str).to_numpy(),
+        "instruction": seeds["prompt"].fillna("").astype(str).to_numpy(),
+        "response": (seeds["reference_response"] if "reference_response" in seeds.columns
+                     else pd.Series([""] * len(seeds))).fillna("").astype(str).to_numpy(),
+    })
+
+
+# ---------------------------------------------------------------- n-gram index
+
+@dataclass
+class NgramIndex:
+    """Eval n-grams -> the eval items (and fields) they come from."""
+
+    n: int
+    grams: dict[str, set[tuple[str, str]]] = field(default_factory=lambda: defaultdict(set))
+    whole: dict[int, dict[str, set[tuple[str, str]]]] = field(default_factory=dict)  # short texts by length
+
+    def matches(self, text: str) -> dict[tuple[str, str], list[str]]:
+        """(eval_id, eval_field) -> the matching n-grams of `text`."""
+        words = normalize_words(text)
+        out: dict[tuple[str, str], list[str]] = defaultdict(list)
+        if len(words) >= self.n:
+            for g in word_ngrams(words, self.n):
+                for key in self.grams.get(g, ()):
+                    out[key].append(g)
+        for k, table in self.whole.items():
+            if len(words) >= k:
+                for g in word_ngrams(words, k):
+                    for key in table.get(g, ()):
+                        out[key].append(g)
+        return {k: sorted(v) for k, v in out.items()}
+
+
+def build_index(evalset: pd.DataFrame, n: int, fields: Iterable[str], min_words: int) -> NgramIndex:
+    idx = NgramIndex(n=n)
+    for eid, row in zip(evalset["eval_id"].astype(str), evalset.to_dict("records")):
+        for f in fields:
+            words = normalize_words(row.get(f))
+            if len(words) >= n:
+                for g in word_ngrams(words, n):
+                    idx.grams[g].add((eid, f))
+            elif len(words) >= min_words:
+                idx.whole.setdefault(len(words), defaultdict(set))[" ".join(words)].add((eid, f))
+    return idx
+
+
+# ---------------------------------------------------------------- detection
+
+def rule_names(cfg: Contamination) -> tuple[str, str, str]:
+    return f"contaminated_{cfg.ngram_long}gram", f"contaminated_{cfg.ngram_short}gram", "contaminated_embedding"
+
+
+def cosine_pairs(a: np.ndarray, b: np.ndarray, threshold: float, block: int = 4096) -> list[tuple[int, int, float]]:
+    """(i, j, cosine) with a[i]·b[j] >= threshold; vectors are L2-normalized. Blocked to bound memory."""
+    out: list[tuple[int, int, float]] = []
+    if len(a) == 0 or len(b) == 0:
+        return out
+    for s in range(0, len(a), block):
+        sims = a[s:s + block] @ b.T
+        ii, jj = np.nonzero(sims >= threshold)
+        out.extend((int(i) + s, int(j), float(sims[i, j])) for i, j in zip(ii, jj))
+    return out
+
+
+def find_contamination(train: pd.DataFrame, evalset: pd.DataFrame, cfg: Contamination,
+                       encode: Encode | None) -> pd.DataFrame:
+    """Every (training row, eval item, rule) hit with its evidence; `train` has example_id, instruction, response.
+
+    `encode` (texts -> normalized vectors) drives the embedding rule and the cosine reported for n-gram hits;
+    None skips both (pure n-gram use)."""
+    if train.empty or evalset.empty:
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    long_rule, short_rule, embed_rule = rule_names(cfg)
+    rows: list[dict[str, Any]] = []
+    for rule, n, fields in [(long_rule, cfg.ngram_long, cfg.long_eval_fields),
+                            (short_rule, cfg.ngram_short, cfg.short_eval_fields)]:
+        idx = build_index(evalset, n, fields, cfg.min_ngram_words)
+        for tf in ("instruction", "response"):
+            for ex_id, text in zip(train["example_id"], train[tf]):
+                for (eid, ef), grams in idx.matches(text).items():
+                    rows.append({"example_id": ex_id, "eval_id": eid, "rule": rule, "train_field": tf,
+                                 "eval_field": ef, "ngrams": grams[:10], "n_ngrams": len(grams), "cosine": None})
+    if encode is not None:
+        t_vec = encode(train["instruction"].tolist())
+        e_vec = encode(evalset["prompt"].fillna("").astype(str).tolist())
+        eval_ids = evalset["eval_id"].astype(str).tolist()
+        ex_ids = train["example_id"].tolist()
+        for i, j, cos in cosine_pairs(t_vec, e_vec, cfg.embed_threshold):
+            rows.append({"example_id": ex_ids[i], "eval_id": eval_ids[j], "rule": embed_rule,
+                         "train_field": "instruction", "eval_field": "prompt", "ngrams": [], "n_ngrams": 0,
+                         "cosine": round(cos, 4)})
+        pos_t = {e: i for i, e in enumerate(ex_ids)}
+        pos_e = {e: j for j, e in enumerate(eval_ids)}
+        for r in rows:
+            if r["cosine"] is None:
+                r["cosine"] = round(float(t_vec[pos_t[r["example_id"]]] @ e_vec[pos_e[r["eval_id"]]]), 4)
+    return pd.DataFrame(rows, columns=MATCH_COLUMNS)
+
+
+def flag_rows(train: pd.DataFrame, matches: pd.DataFrame, cfg: Contamination) -> pd.DataFrame:
+    """One verdict per training row: contaminated?, the strongest rule as reason, and the evidence list."""
+    order = {r: i for i, r in enumerate(rule_names(cfg))}
+    by_row: dict[str, list[dict]] = defaultdict(list)
+    for r in matches.to_dict("records"):
+        by_row[r["example_id"]].append(r)
+    reasons, evidence = [], []
+    for ex_id in train["example_id"]:
+        hits = sorted(by_row.get(ex_id, []), key=lambda r: (order.get(r["rule"], 9), -(r["cosine"] or 0)))
+        reasons.append(hits[0]["rule"] if hits else "")
+        evidence.append({"matches": [
+            {k: h[k] for k in ("eval_id", "rule", "train_field", "eval_field", "ngrams", "n_ngrams", "cosine")}
+            for h in hits[:10]
+        ], "n_matches": len(hits)} if hits else {})
+    return pd.DataFrame({"example_id": train["example_id"].to_numpy(), "contaminated": [bool(r) for r in reasons],
+                         "reason": reasons, "evidence": evidence})
+
+
+def held_out(eval_set: pd.DataFrame, category: Category, store: DuckDBStore) -> pd.DataFrame:
+    """The partition's eval_set; when it was never materialized, the same rows built from the task's eval file,
+    so checking seeds or training data never depends on materialization order (and never passes vacuously)."""
+    if not eval_set.empty:
+        return eval_set
+    return build_eval_frame(category, store)
+
+
+def encoder(embedder: EmbedderResource, store: DuckDBStore) -> Encode:
+    return lambda texts: embedder.encode_cached(texts, store)

@@ -1,0 +1,127 @@
+"""The clean dataset: the training set of one category, the rows that survived every filter, in chat format.
+
+Columns: example_id, category, messages (JSON: system, user, assistant), split (train | validation), and the
+provenance columns seed_id, method, difficulty, source, generation_id. Every row's messages must render with the
+student chat template (SmolLM2's `apply_chat_template`); a row that does not is quarantined in the ledger.
+
+Exported per partition, atomically, to $DISTILL_HOME/datasets/<category>/: train.jsonl, validation.jsonl
+(`datasets.load_dataset("json", data_files=...)` rows: {"messages": [...], ...}) and data.parquet (all rows with
+their split). The dataset version is the content hash of the table (ids.frame_version), also the data version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distill_assets.lib.split import split_of
+from distill_assets.lib.stages import annotate
+from distill_assets.lib.tasks import Category
+from distill_assets.lib.tokenizer import student_tokenizer
+
+PROVENANCE = ["seed_id", "method", "difficulty", "source", "generation_id"]
+COLUMNS = ["example_id", "category", "messages", "split"] + PROVENANCE
+
+
+def build_messages(row: pd.Series) -> list[dict]:
+    msgs = None
+    if isinstance(row.get("messages"), str):
+        try:
+            msgs = json.loads(row["messages"])
+        except json.JSONDecodeError:
+            msgs = None
+    if not isinstance(msgs, list):
+        msgs = [{"role": "user", "content": row.get("instruction")},
+                {"role": "assistant", "content": row.get("response")}]
+    system = [m for m in msgs if isinstance(m, dict) and m.get("role") == "system"]
+    if not system and isinstance(row.get("system_prompt"), str) and row["system_prompt"]:
+        msgs = [{"role": "system", "content": row["system_prompt"]}] + msgs
+    return [{"role": m.get("role"), "content": m.get("content")} for m in msgs if isinstance(m, dict)]
+
+
+def template_problem(msgs: list[dict], tokenizer) -> str | None:
+    """None when the messages are system, user, assistant with strings and render with the chat template."""
+    if [m["role"] for m in msgs] != ["system", "user", "assistant"]:
+        return "not_system_user_assistant"
+    if not all(isinstance(m["content"], str) and m["content"].strip() for m in msgs[1:]) or \
+            not isinstance(msgs[0]["content"], str):
+        return "empty_or_non_string_content"
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    except Exception as e:  # jinja errors of any kind mean the student cannot train on it
+        return f"chat_template_error: {type(e).__name__}: {e}"[:300]
+    if not all(m["content"] in text for m in msgs):
+        return "chat_template_lost_content"
+    return None
+
+
+def clean_frame(df: pd.DataFrame, category: Category, tokenizer=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(annotated input rows for the ledger, the clean dataset table)."""
+    if tokenizer is None:
+        tokenizer = student_tokenizer()
+    msgs = [build_messages(r) for _, r in df.iterrows()]
+    problems = [template_problem(m, tokenizer) for m in msgs]
+    bad = [p is not None for p in problems]
+    ev = [{"problem": p} if p else {"chat_template": "ok"} for p in problems]
+    annotated = annotate(df, [not b for b in bad], [p or "" for p in problems], ev, quarantined=bad)
+    good = annotated["keep"].to_numpy(dtype=bool)
+    out = pd.DataFrame({
+        "example_id": df["example_id"].astype(str).to_numpy()[good],
+        "category": category.name,
+        "messages": [json.dumps(m, ensure_ascii=False) for m, g in zip(msgs, good) if g],
+    })
+    out["split"] = split_of(out["example_id"], category.validation_fraction) if len(out) else []
+    for c in PROVENANCE:
+        out[c] = df[c].to_numpy()[good] if c in df.columns else None
+    out = out[COLUMNS].sort_values("example_id").reset_index(drop=True)
+    return annotated, out
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def jsonl_records(df: pd.DataFrame) -> list[dict]:
+    recs = []
+    for r in df.to_dict("records"):
+        r = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        r["messages"] = json.loads(r["messages"])
+        recs.append(r)
+    return recs
+
+
+def export_dataset(df: pd.DataFrame, out_dir: Path, version: str) -> dict[str, Path]:
+    """train.jsonl, validation.jsonl, data.parquet and manifest.json under out_dir, each replaced atomically."""
+    paths = {}
+    for split in ("train", "validation"):
+        part = df[df["split"] == split]
+
+        def w(tmp, part=part):
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in jsonl_records(part):
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+        paths[split] = out_dir / f"{split}.jsonl"
+        _atomic_write(paths[split], w)
+    paths["parquet"] = out_dir / "data.parquet"
+    _atomic_write(paths["parquet"], lambda tmp: df.to_parquet(tmp, index=False))
+    manifest = {"dataset_version": version, "rows": int(len(df)),
+                "splits": {s: int((df["split"] == s).sum()) for s in ("train", "validation")},
+                "files": {k: p.name for k, p in paths.items()}}
+    paths["manifest"] = out_dir / "manifest.json"
+    _atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    return paths

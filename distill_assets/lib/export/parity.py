@@ -1,0 +1,98 @@
+"""Parity thresholds and verdicts: inference is tested after each conversion step, and these decide pass/fail.
+
+- merge: fp32 logits of the merged model vs base + unmerged adapter on fixed prompts; max |diff| <=
+  MERGE_MAX_ABS_DIFF. Merging is exact up to float rounding (~1e-4 on SmolLM2-135M, r 32).
+- GGUF: each file run teacher-forced in llama.cpp on the same prompts as the merged HF model: top-1 agreement and
+  perplexity ratio, with a threshold per quant (quantization legitimately changes some argmaxes, more at 4 bits),
+  identical tokenization, and the file's sha256 unchanged since export.
+"""
+
+import json
+import math
+
+from distill_assets.lib.artifacts import latest_artifact
+from distill_assets.lib.settings import gguf_parity_thresholds_raw
+from resources.store import DuckDBStore
+
+MERGE_MAX_ABS_DIFF = 1e-3
+# Measured on SmolLM2-135M (merged after a short LoRA run), 5 prompts / 233 tokens:
+#   f16 top-1 0.996, ppl ratio 1.001; q8_0 0.961, 1.001; q4_k_m 0.880, 1.076. Thresholds leave margin for
+#   other students; a broken export (shuffled embeddings, wrong tokenizer) lands far below.
+GGUF_THRESHOLDS: dict[str, dict[str, float]] = {
+    "f16": {"min_top1": 0.97, "max_ppl_ratio": 1.02, "min_tokenizer_match": 1.0},
+    "q8_0": {"min_top1": 0.90, "max_ppl_ratio": 1.05, "min_tokenizer_match": 1.0},
+    "q4_k_m": {"min_top1": 0.70, "max_ppl_ratio": 1.25, "min_tokenizer_match": 1.0},
+}
+
+
+def gguf_thresholds() -> dict:
+    """GGUF_THRESHOLDS, with per-quant overrides from env DISTILL_GGUF_PARITY_THRESHOLDS (JSON), e.g.
+    '{"q4_k_m": {"min_top1": 0.8}}' for a student whose 4-bit export should be held to a stricter bar."""
+    merged = {k: dict(v) for k, v in GGUF_THRESHOLDS.items()}
+    raw = gguf_parity_thresholds_raw()
+    if raw:
+        try:
+            overrides = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"DISTILL_GGUF_PARITY_THRESHOLDS is not valid JSON: {e}") from None
+        for quant, values in overrides.items():
+            merged.setdefault(quant, {"min_top1": 1.0, "max_ppl_ratio": 1.0, "min_tokenizer_match": 1.0})
+            merged[quant].update(values)
+    return merged
+
+
+def merge_passed(result: dict) -> bool:
+    """`merge_parity` output within MERGE_MAX_ABS_DIFF."""
+    return bool(result["max_abs_diff"] <= MERGE_MAX_ABS_DIFF)
+
+
+def evaluate_gguf_report(report: dict, thresholds: dict | None = None) -> tuple[bool, list[dict]]:
+    """Apply per-quant thresholds to `gguf_parity_report` output; every quant must pass."""
+    thresholds = thresholds or gguf_thresholds()
+    rows, ok = [], True
+    for quant, m in report.items():
+        th = thresholds.get(quant)
+        if th is None:
+            rows.append({"quant": quant, "passed": False, "why": "no threshold for this quant"})
+            ok = False
+            continue
+        why = []
+        if not m.get("finite", False):
+            why.append("non-finite logits")
+        if not m["top1_agreement"] >= th["min_top1"]:
+            why.append(f"top-1 {m['top1_agreement']:.3f} < {th['min_top1']}")
+        ratio = m["ppl_ratio"]
+        if not (math.isfinite(ratio) and ratio <= th["max_ppl_ratio"]):
+            why.append(f"ppl ratio {ratio:.4f} > {th['max_ppl_ratio']}")
+        if m.get("tokenizer_match", 1.0) < th["min_tokenizer_match"]:
+            why.append(f"tokenizer match {m['tokenizer_match']:.2f} < {th['min_tokenizer_match']}")
+        if m.get("sha256_ok") is False:
+            why.append("file changed since export (sha256 mismatch)")
+        rows.append({"quant": quant, "passed": not why, "why": "; ".join(why) or "ok",
+                     "top1": round(m["top1_agreement"], 4), "ppl_ratio": round(ratio, 4) if math.isfinite(ratio)
+                     else str(ratio), "generation": m.get("generation", "")})
+        ok &= not why
+    return ok and bool(report), rows
+
+
+def gguf_parity_table(rows: list[dict]) -> str:
+    """Markdown table of `evaluate_gguf_report` rows (with a short greedy sample per quant)."""
+    table = ["| quant | passed | top-1 | ppl ratio | why | greedy sample |", "|---|---|---:|---:|---|---|"]
+    table += [f"| {r['quant']} | {r['passed']} | {r.get('top1', '')} | {r.get('ppl_ratio', '')} | {r['why']} | "
+              f"{str(r.get('generation', '')).replace('|', '/').replace(chr(10), ' ')[:60]} |" for r in rows]
+    return "\n".join(table)
+
+
+def latest_gguf_files(store: DuckDBStore) -> tuple[dict, dict]:
+    """(newest merged_model artifact, {quant: {path, sha256}} of the GGUF files exported from it)."""
+    merged = latest_artifact(store, "merged_model")
+    rows = store.query_df(
+        "SELECT * FROM artifacts WHERE asset = 'gguf_export' AND parent_artifact_id = ? ORDER BY created_at",
+        [merged["artifact_id"]],
+    )
+    files = {}
+    for r in rows.itertuples(index=False):
+        files[r.kind.removeprefix("gguf_")] = {"path": r.path, "sha256": r.sha256}
+    if not files:
+        raise RuntimeError(f"no gguf_export artifacts for {merged['artifact_id']}; materialize gguf_export first")
+    return merged, files

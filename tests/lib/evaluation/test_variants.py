@@ -1,0 +1,84 @@
+"""Variant discovery, efficiency numbers, the teacher's ledger price, and llama.cpp generation in a worker."""
+
+import pandas as pd
+import pytest
+
+from distill_assets.lib import ledger
+from distill_assets.lib.evaluation import generate as gen
+from distill_assets.lib.evaluation import variants as vr
+from distill_assets.lib.ledger import open_store
+from resources.store import utcnow
+
+
+def test_discover_variants_from_artifacts(tmp_path):
+    store = open_store(str(tmp_path / "d.duckdb"))
+    for aid, asset, kind in [("b1", "student_base_model", "hf_model"), ("m1", "merged_model", "hf_model"),
+                             ("g1", "gguf_export", "gguf_q4_k_m"), ("g2", "gguf_export", "gguf_q8_0")]:
+        ledger.register_artifact(store, artifact_id=aid, asset=asset, kind=kind, path=str(tmp_path / aid), sha256="x",
+                                bytes=1, parent_artifact_id={"g1": "m1", "g2": "m0"}.get(aid, "adapter-7"), dataset_version="d", run_id="r",
+                                metadata={"adapter_version": "a7"} if aid == "m1" else {})
+    specs = {s.name: s for s in vr.discover_variants(store, awq_skip_reason="skipped: needs CUDA")}
+    assert list(specs) == ["teacher", "base_student", "merged_student", "gguf_q8_0", "gguf_q4_k_m", "awq"]
+    assert specs["awq"].skipped == "skipped: needs CUDA" and specs["gguf_q4_k_m"].kind == "gguf"
+    assert specs["gguf_q4_k_m"].skipped is None
+    assert specs["gguf_q8_0"].skipped.startswith("skipped: stale export")  # made from an older merged model
+    assert vr.adapter_version_of(specs["merged_student"]) == "a7"
+
+
+def test_efficiency_row_and_cost_estimate():
+    gens = pd.DataFrame({"example_id": ["a", "b", "c", "d"], "variant": "m", "category": "x",
+                         "response": ["r"] * 4, "latency_s": [1.0, 2.0, 3.0, 4.0], "prompt_tokens": 5,
+                         "completion_tokens": [10, 20, 30, 40], "finish_reason": "stop", "error": None})
+    row = vr.efficiency_row("merged_student", gens, {"peak_mem_mb": 12.0}, size_bytes=1000, usd_per_hour=3.6,
+                            teacher_usd_per_1m=2.0)
+    assert row["tokens_per_s"] == pytest.approx(10.0)
+    assert row["latency_p50_s"] == pytest.approx(2.5) and row["latency_p95_s"] == pytest.approx(3.85)
+    # $3.6/h at 10 tok/s = 36,000 tokens per $3.6 -> $100 per 1M tokens
+    assert row["usd_per_1m_tokens"] == pytest.approx(100.0) and row["cost_vs_teacher"] == pytest.approx(50.0)
+    skipped = vr.skipped_row("awq", "skipped: needs CUDA")
+    assert skipped["status"] == "skipped"
+
+
+def test_teacher_price_comes_from_the_ledger(tmp_path):
+    store = open_store(str(tmp_path / "d.duckdb"))
+    assert vr.teacher_ledger_price(store, 0.0, 3.0)["usd_per_1m_tokens"] == 3.0  # nothing in the ledger yet
+    store.insert_df("teacher_calls", pd.DataFrame([
+        {"call_key": "k1", "model": "t", "role": "teacher", "status": "ok", "prompt_tokens": 600_000,
+         "completion_tokens": 400_000, "cost_usd": 1.5, "latency_s": 1.0, "created_at": utcnow()},
+        {"call_key": "k2", "model": "t", "role": "judge", "status": "ok", "prompt_tokens": 10,
+         "completion_tokens": 10, "cost_usd": 99.0, "latency_s": 1.0, "created_at": utcnow()},
+    ]))
+    price = vr.teacher_ledger_price(store, 0.0, 3.0)
+    assert price["usd_per_1m_tokens"] == pytest.approx(1.5) and price["source"].startswith("ledger")
+
+
+@pytest.mark.slow
+def test_gguf_generation_in_a_worker_process():
+    from distill_assets.lib.settings import embedded_teacher_gguf
+
+    items = [{"example_id": "e1", "category": "c", "messages": [{"role": "user", "content": "Say hi."}]},
+             {"example_id": "e2", "category": "c", "messages": [{"role": "user", "content": "2+2?"}]}]
+    gens, info = gen.generate_gguf(str(embedded_teacher_gguf()), items, "gguf_q4_1", max_new_tokens=6, n_ctx=512,
+                                  threads=1, timeout_s=240)
+    assert gens["error"].isna().all(), gens["error"].tolist()
+    assert (gens["completion_tokens"] > 0).all() and (gens["completion_tokens"] <= 6).all()
+    assert info["peak_mem_mb"] > 10 and info["backend"] == "llama.cpp"
+    again, _ = gen.generate_gguf(str(embedded_teacher_gguf()), items[:1], "gguf_q4_1", max_new_tokens=6, n_ctx=512,
+                                threads=1, timeout_s=240)
+    assert again.iloc[0]["response"] == gens.iloc[0]["response"]  # greedy: deterministic
+
+
+def test_batched_hf_generation_matches_one_at_a_time(tmp_path_factory):
+    from tests.lib.training.tiny_model import session_dirs
+
+    base = str(session_dirs(tmp_path_factory)["base"])
+    items = [{"example_id": f"e{i}", "category": "c", "messages": [{"role": "user", "content": q}]}
+             for i, q in enumerate(["Say hi.", "What is the capital of France? Answer in one word.", "2+2?"])]
+    one, _ = gen.generate_hf(base, items, "base_student", max_new_tokens=8, threads=1, batch_size=1)
+    batched, info = gen.generate_hf(base, items, "base_student", max_new_tokens=8, threads=1, batch_size=3)
+    assert batched["error"].isna().all() and info["backend"] == "transformers (cpu, batch 3)"
+    cols = ["example_id", "response", "prompt_tokens", "completion_tokens", "finish_reason"]
+    # left padding changes nothing for greedy decoding: same tokens, same prompt lengths (padding not counted)
+    assert batched[cols].to_dict("records") == one[cols].to_dict("records")
+    assert batched["latency_s"].nunique() == 1  # every answer of a batch waits for the whole batch
+    assert (batched["completion_tokens"] <= 8).all()
