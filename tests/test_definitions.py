@@ -5,7 +5,7 @@ from distill_assets.quickstart import STAGE_GROUPS
 
 
 def _nodes():
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     return {k.to_user_string(): graph.get(k) for k in graph.get_all_asset_keys()}
 
 

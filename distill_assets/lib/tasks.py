@@ -76,6 +76,11 @@ class Filters(_Strict):
     judge_keep_unparseable: bool = Field(default=False, description="keep rows whose judge answer stays unparseable")
     judge_max_tokens: int = Field(default=160, ge=8, description="judge answer budget (JSON scores + rationale)")
     judge_max_chars: int = Field(default=6000, ge=200, description="instruction/response chars shown to the judge")
+    judge_enabled: bool = Field(
+        default=True, description="off: rows pass the judge untouched (e.g. labels checked against a gold answer)")
+    self_consistency_min_agree: float = Field(
+        default=0.5, ge=0, lt=1,
+        description="rows without a reference pass when more than this share of the samples agree with them")
     keep_unverifiable: bool | None = Field(
         default=None, description="keep rows the verifier cannot check; default: no for code, yes otherwise")
     verify_isolation: Literal["bwrap", "guard"] = Field(
@@ -146,6 +151,8 @@ class Category(_Strict):
     max_tokens: int = Field(default=512, ge=1, le=32768)
     verify: VerifyKind = "none"
     labels: list[str] | None = None
+    constrain_labels: bool = Field(
+        default=True, description="label categories: the teacher answers through a schema of the label set")
     complexity: Complexity = "moderate"
     filters: Filters = Field(default_factory=Filters)
     yield_band: tuple[float, float] = (0.25, 0.50)

@@ -251,6 +251,14 @@ def _request(messages: list[dict], cat: Category, sample_index: int, tag) -> Cha
 def judge_frame(df: pd.DataFrame, cat: Category, complete: Callable[[list[ChatRequest]], list[ChatResult]],
                 judge_model: str = "") -> pd.DataFrame:
     """Score every row with the judge and annotate it (pure apart from `complete`, the judge call)."""
+    if not cat.filters.judge_enabled:  # every row passes, and the lineage says the judge was off
+        out = df.copy()
+        out["judge_score"] = pd.Series([float("nan")] * len(out), index=out.index, dtype="float64")
+        out["judge_scores"] = pd.Series(["{}"] * len(out), index=out.index, dtype="object")
+        out["judge_rationale"] = pd.Series([""] * len(out), index=out.index, dtype="object")
+        out["judge_status"] = pd.Series(["disabled"] * len(out), index=out.index, dtype="object")
+        return annotate(out, [True] * len(out), ["judge_disabled"] * len(out),
+                        [{"judge": "disabled by filters.judge_enabled"}] * len(out))
     rows = df.to_dict("records")
     first = complete([_request(judge_messages(r, cat), cat, 0, i) for i, r in enumerate(rows)]) if rows else []
     parses: list[JudgeParse | None] = [parse_judge_answer(r.content) if r.ok else None for r in first]

@@ -19,7 +19,13 @@ from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category
 from distill_assets.lib.verification.code import extract_code
 from distill_assets.lib.verification.labels import labels_match, parse_label, verify_label
-from distill_assets.lib.verification.math import answers_match, extract_final_answer, majority_verdicts, verify_math
+from distill_assets.lib.verification.math import (
+    answers_match,
+    extract_final_answer,
+    majority_verdicts,
+    verify_math,
+    vote,
+)
 from distill_assets.lib.verification.sandbox import SandboxResult, SandboxUnavailable, run_code_tests
 
 PASS, FAIL, UNVERIFIABLE, INFRA = "pass", "fail", "unverifiable", "infra_error"
@@ -56,21 +62,42 @@ def _group_key(row: dict) -> tuple:
     return (row.get("seed_id"), (row.get("instruction") or "").strip())
 
 
-def _consistency(rows: list[dict], extract: Callable[[str], str | None], match) -> dict[int, RowVerdict]:
+def _consistency(rows: list[dict], extract: Callable[[str], str | None], match,
+                 min_agree: float = 0.5) -> dict[int, RowVerdict]:
     """Self-consistency for rows without a reference, grouped by (seed_id, instruction)."""
+    out = {}
+    voted = [i for i, r in enumerate(rows) if _votes(r) is not None]
+    for i in voted:  # the teacher's own samples, recorded at generation before dedup merged equal answers
+        votes = [extract(v) for v in _votes(rows[i])]
+        mine = extract(rows[i]["response"])
+        status, reason, detail = vote(mine, votes, match, min_agree)
+        out[i] = RowVerdict(status, reason, mine, {"mode": "self_consistency", "rule": "sample_votes",
+                                                   "extracted": mine, **detail})
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
-        groups.setdefault(_group_key(r), []).append(i)
-    out = {}
-    for idx in groups.values():
+        if i not in out:
+            groups.setdefault(_group_key(r), []).append(i)
+    for idx in groups.values():  # rows without recorded votes: the surviving siblings vote
         answers = [extract(rows[i]["response"]) for i in idx]
-        for i, (status, reason, detail) in zip(idx, majority_verdicts(answers, match)):
+        for i, (status, reason, detail) in zip(idx, majority_verdicts(answers, match, min_agree)):
             out[i] = RowVerdict(status, reason, answers[idx.index(i)],
-                                {"mode": "self_consistency", "extracted": answers[idx.index(i)], **detail})
+                                {"mode": "self_consistency", "rule": "surviving_samples",
+                                 "extracted": answers[idx.index(i)], **detail})
     return out
 
 
-def _math(rows: list[dict]) -> list[RowVerdict]:
+def _votes(row: dict) -> list[str] | None:
+    raw = row.get("sample_answers")
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        votes = json.loads(raw)
+    except ValueError:
+        return None
+    return [str(v) for v in votes] if isinstance(votes, list) and votes else None
+
+
+def _math(rows: list[dict], min_agree: float = 0.5) -> list[RowVerdict]:
     out: list[RowVerdict | None] = [None] * len(rows)
     no_ref = []
     for i, r in enumerate(rows):
@@ -82,12 +109,12 @@ def _math(rows: list[dict]) -> list[RowVerdict]:
         out[i] = RowVerdict(v.status, v.reason, v.answer, {"mode": "reference", "extracted": v.answer,
                                                            "extract_method": v.method, "reference": ref})
     sub = [rows[i] for i in no_ref]
-    for j, v in _consistency(sub, lambda t: extract_final_answer(t).answer, answers_match).items():
+    for j, v in _consistency(sub, lambda t: extract_final_answer(t).answer, answers_match, min_agree).items():
         out[no_ref[j]] = v
     return out  # type: ignore[return-value]
 
 
-def _label(rows: list[dict], labels: list[str]) -> list[RowVerdict]:
+def _label(rows: list[dict], labels: list[str], min_agree: float = 0.5) -> list[RowVerdict]:
     out: list[RowVerdict | None] = [None] * len(rows)
     no_ref = []
     for i, r in enumerate(rows):
@@ -100,7 +127,7 @@ def _label(rows: list[dict], labels: list[str]) -> list[RowVerdict]:
                                                            "extract_method": v.method, "reference": ref,
                                                            "labels": labels})
     sub = [rows[i] for i in no_ref]
-    for j, v in _consistency(sub, lambda t: parse_label(t, labels).label, labels_match).items():
+    for j, v in _consistency(sub, lambda t: parse_label(t, labels).label, labels_match, min_agree).items():
         out[no_ref[j]] = v
     return out  # type: ignore[return-value]
 
@@ -153,10 +180,11 @@ def keep_unverifiable(cat: Category) -> bool:
 
 def verify_rows(df: pd.DataFrame, cat: Category, sandbox=run_code_tests) -> list[RowVerdict]:
     rows = df.to_dict("records")
+    min_agree = cat.filters.self_consistency_min_agree
     if cat.verify == "math":
-        return _math(rows)
+        return _math(rows, min_agree)
     if cat.verify == "label":
-        return _label(rows, list(cat.labels or []))
+        return _label(rows, list(cat.labels or []), min_agree)
     if cat.verify == "code":
         return _code(rows, cat, sandbox)
     return [RowVerdict(UNVERIFIABLE, "not_verifiable_task", None, {"mode": "none"}) for _ in rows]

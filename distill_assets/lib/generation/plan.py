@@ -15,8 +15,10 @@ import pandas as pd
 from distill_assets.lib.generation.prompts import (
     EVOL_OPERATIONS,
     answer_messages,
+    answer_text,
     evol_messages,
     evol_operation,
+    label_schema,
     parse_evolved,
     parse_instruction_list,
     self_instruct_messages,
@@ -32,7 +34,7 @@ GENERATION_COLUMNS = [
     "generation_id", "example_id", "seed_id", "parent_ids", "category", "method", "messages", "system_prompt",
     "instruction", "response", "teacher_model", "params", "call_key", "sample_index", "prompt_tokens",
     "completion_tokens", "latency_s", "finish_reason", "difficulty", "reference", "tests", "entry_point",
-    "source", "evol_chain", "created_at",
+    "source", "evol_chain", "sample_answers", "created_at",
 ]
 
 
@@ -57,8 +59,10 @@ def _take(seeds: list[dict], count: int | None) -> list[dict]:
 def _answer_steps(category: Category, method: str, seed: dict, instruction: str, parent_ids: list[str],
                   evol_chain: list[dict] | None = None) -> list[Step]:
     msgs = answer_messages(category, instruction, method)
+    schema = label_schema(category)
     return [Step("answer", method, seed,
-                 ChatRequest(msgs, category.temperature, category.max_tokens, sample_index=k),
+                 ChatRequest(msgs, category.temperature, category.max_tokens, sample_index=k, json_schema=schema,
+                             schema_name="label"),
                  instruction=instruction, parent_ids=parent_ids, evol_chain=evol_chain or [])
             for k in range(category.samples_per_prompt)]
 
@@ -174,16 +178,17 @@ def next_steps(category: Category, step: Step, result: ChatResult) -> list[Step]
 
 
 def generation_row(category: Category, step: Step, result: ChatResult) -> dict:
+    response = answer_text(result.content, step.request.json_schema)
     return {
         "generation_id": "g_" + content_hash(result.call_key, step.method, step.seed["seed_id"]),
         "seed_id": step.seed["seed_id"],
         "parent_ids": json.dumps(step.parent_ids),
         "category": category.name,
         "method": step.method,
-        "messages": json.dumps(training_messages(category, step.instruction, result.content), ensure_ascii=False),
+        "messages": json.dumps(training_messages(category, step.instruction, response), ensure_ascii=False),
         "system_prompt": category.system_prompt,
         "instruction": step.instruction,
-        "response": result.content,
+        "response": response,
         "teacher_model": result.model,
         "params": json.dumps(step.request.params()),
         "call_key": result.call_key,
@@ -239,11 +244,27 @@ def generate(category: Category, seeds: pd.DataFrame, session: LLMSession) -> tu
             stats.budget_note = session.budget_hit
             break
     stats.seconds = time.monotonic() - t0
-    df = pd.DataFrame(rows, columns=[c for c in GENERATION_COLUMNS if c not in ("example_id", "created_at")])
+    df = pd.DataFrame(rows, columns=[c for c in GENERATION_COLUMNS
+                                     if c not in ("example_id", "sample_answers", "created_at")])
     df = df.drop_duplicates("generation_id").reset_index(drop=True)
+    df["sample_answers"] = sample_answers(df)
     df.insert(1, "example_id", df["generation_id"])
     df["created_at"] = utcnow()
     return df, stats
+
+
+def sample_answers(df: pd.DataFrame) -> list[str]:
+    """Every row's sibling samples (same seed, instruction and method) as a JSON list of their responses, in
+    sample order: the votes of self-consistency, kept before dedup merges identical answers."""
+    if df.empty:
+        return []
+    keys = list(zip(df["seed_id"], df["instruction"], df["method"]))
+    groups: dict[tuple, list[tuple[int, str]]] = {}
+    for key, idx, resp in zip(keys, df["sample_index"], df["response"]):
+        groups.setdefault(key, []).append((int(idx), resp))
+    votes = {k: json.dumps([r for _, r in sorted(v, key=lambda t: t[0])], ensure_ascii=False)
+             for k, v in groups.items()}
+    return [votes[k] for k in keys]
 
 
 def category_cost(store: DuckDBStore, call_keys: list[str]) -> dict[str, float]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from distill_assets.lib.ids import content_hash
@@ -55,6 +56,26 @@ _LABELS = re.compile(r"^\s*(?:#*\s*(?:rewritten|new|evolved)\s+instruction#*\s*:
 def answer_messages(category: Category, instruction: str, method: str) -> list[dict]:
     user = COT_TEMPLATE.format(problem=instruction) if method == "cot" else instruction
     return [{"role": "system", "content": category.system_prompt}, {"role": "user", "content": user}]
+
+
+def label_schema(category: Category) -> dict | None:
+    """The answer schema of a label category: one of its labels, nothing else."""
+    if category.verify != "label" or not category.labels or not category.constrain_labels:
+        return None
+    return {"type": "object", "properties": {"label": {"type": "string", "enum": list(category.labels)}},
+            "required": ["label"]}
+
+
+def answer_text(content: str, schema: dict | None) -> str:
+    """What the student trains on: the label itself when the answer came through the label schema."""
+    if schema is None:
+        return content
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return content  # unreadable: verification fails it with the raw text as evidence
+    label = value.get("label") if isinstance(value, dict) else None
+    return label if isinstance(label, str) and label else content
 
 
 def training_messages(category: Category, instruction: str, response: str) -> list[dict]:

@@ -159,19 +159,23 @@ def verify_math(response: str, reference: str | None) -> MathVerdict:
                        str(reference), {})
 
 
-def majority_verdicts(answers: list[str | None], match=answers_match) -> list[tuple[str, str, dict]]:
-    """Self-consistency over the samples of one problem: a sample passes when a strict majority of all
-    samples (those with no answer count against) agree with it; a lone sample is unverifiable."""
-    n = len(answers)
+def vote(mine: str | None, votes: list[str | None], match=answers_match,
+         min_agree: float = 0.5) -> tuple[str, str, dict]:
+    """Self-consistency of one sample among all samples of its problem: it passes when more than `min_agree`
+    of the samples (those with no answer count against) agree with it (0.5: a strict majority); a lone
+    sample is unverifiable."""
+    n = len(votes)
     if n < 2:
-        return [("unverifiable", "verify_single_sample", {"samples": n})] * n
-    out = []
-    for a in answers:
-        if a is None:
-            out.append(("fail", "verify_no_answer", {"samples": n, "agree": 0}))
-            continue
-        agree = sum(1 for b in answers if b is not None and (b == a or match(a, b)))
-        ok = agree * 2 > n
-        out.append(("pass" if ok else "fail", "ok" if ok else "verify_no_majority",
-                    {"samples": n, "agree": agree, "answers": answers}))
-    return out
+        return "unverifiable", "verify_single_sample", {"samples": n}
+    if mine is None:
+        return "fail", "verify_no_answer", {"samples": n, "agree": 0}
+    agree = sum(1 for v in votes if v is not None and (v == mine or match(mine, v)))
+    ok = agree > min_agree * n
+    return ("pass" if ok else "fail", "ok" if ok else "verify_no_majority",
+            {"samples": n, "agree": agree, "min_agree": min_agree, "answers": votes})
+
+
+def majority_verdicts(answers: list[str | None], match=answers_match,
+                      min_agree: float = 0.5) -> list[tuple[str, str, dict]]:
+    """`vote` for every sample of one problem."""
+    return [vote(a, answers, match, min_agree) for a in answers]
