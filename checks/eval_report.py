@@ -40,8 +40,9 @@ def build_eval_report_checks(asset_key: dg.AssetKey | str = "eval_report") -> li
     key = dg.AssetKey.from_coercible(asset_key)
 
     @dg.asset_check(asset=key, name="eval_gate", blocking=True,
-                    description="Student beats base (win rate > 50%) and meets each category's transfer target; "
-                                "failure_resolution records the decision in model_versions.")
+                    description="Student beats base (win rate > 50%, skipped when the judge has no signal) and "
+                                "meets each category's transfer target; failure_resolution records the decision "
+                                "in model_versions.")
     def eval_gate(context: dg.AssetCheckExecutionContext, config: EvalGateConfig,
                   store: DuckDBStore) -> dg.AssetCheckResult:
         severity = dg.AssetCheckSeverity.ERROR if config.severity.upper() == "ERROR" else dg.AssetCheckSeverity.WARN
@@ -50,11 +51,15 @@ def build_eval_report_checks(asset_key: dg.AssetKey | str = "eval_report") -> li
             return dg.AssetCheckResult(passed=False, severity=severity, metadata={"reason": "no eval_summary rows"})
         decision = decide_version(store, version, gate_targets(load_tasks()), config.min_win_rate_vs_base)
         table = pd.DataFrame([{"category": k, **v} for k, v in decision["per_category"].items()])
+        wb = decision["win_rate_vs_base"]
         return dg.AssetCheckResult(
             passed=bool(decision["passed"]), severity=severity,
             metadata={
                 "adapter_version": version, "promoted": bool(decision["passed"]),
-                "win_rate_vs_base": decision["win_rate_vs_base"] if decision["win_rate_vs_base"] is not None else "n/a",
+                # a judge without signal: its win rate is unavailable, and the gate says so instead of using it
+                "win_rate_vs_base": wb if wb is not None else (decision.get("judge_vs_base") or "n/a"),
+                "judge_vs_base": decision.get("judge_vs_base") or "n/a",
+                "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in decision.get("notes", [])) or "-"),
                 "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision["reasons"]) or "all criteria met"),
                 "transfer_by_category": dg.MetadataValue.md(table.to_markdown(index=False) if not table.empty else "-"),
             })

@@ -17,7 +17,10 @@ from distill_assets.lib.evaluation import pairwise as pw
 from distill_assets.lib.evaluation import pipeline as pl
 from distill_assets.lib.evaluation import report as rp
 from distill_assets.lib.evaluation import variants as vr
+from distill_assets.lib.evaluation.change import change_sentence
 from distill_assets.lib.evaluation.metrics import MERGED, score_generations
+from distill_assets.lib.evaluation.signal import describe, has_signal
+from distill_assets.lib.evaluation.summary import summary_table
 from distill_assets.lib.settings import get_settings
 from distill_assets.lib.tasks import load_tasks
 from resources.llm import LLMResource
@@ -65,7 +68,7 @@ def _upstream_skip_reason(context: dg.AssetExecutionContext, asset: str) -> str 
 @dg.asset(
     group_name="evaluation",
     kinds={"python", "duckdb"},
-    code_version="eval-report-v1",
+    code_version="eval-report-v2",
     ins={"eval_set": dg.AssetIn()},
     deps=UPSTREAM,
     description="Teacher vs base vs merged student vs exports: task metrics, both-order judge win rates, "
@@ -112,8 +115,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalReportConfig, eva
 
     results = rp.attach_judgments(scored, judged, adapter_version=version, run_id=run_id,
                                   too_short_ratio=config.too_short_ratio)
-    summary = rp.summary_table(results, efficiency, categories, adapter_version=version, run_id=run_id,
-                               n_boot=config.n_bootstrap)
+    summary = summary_table(results, efficiency, categories, adapter_version=version, run_id=run_id,
+                            n_boot=config.n_bootstrap)
     pl.store_results(store, results, summary, version)
     out = pl.write_eval_report(store, results=results, summary=summary, efficiency=efficiency, version=version,
                                run_id=run_id, teacher_price=price, config=config.model_dump(),
@@ -123,12 +126,26 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalReportConfig, eva
     def num(v):
         return dg.MetadataValue.float(float(v)) if v is not None and v == v else dg.MetadataValue.text("n/a")
 
+    def win(vs: str):
+        # a judge without signal has no win rate to show, only the reason
+        signal = head.get("judge_signal" if vs == "teacher" else "base_judge_signal")
+        return num(head.get(f"win_rate_vs_{vs}")) if has_signal(signal) else dg.MetadataValue.text(describe(signal))
+
+    for vs, key in (("teacher", "judge_signal"), ("base", "base_judge_signal")):
+        if not has_signal(head.get(key)):
+            context.log.warning(f"pairwise judge vs {vs}: {describe(head.get(key))}; no win rate reported")
+
     return dg.MaterializeResult(metadata={
+        "change_vs_base": dg.MetadataValue.md(f"**{change_sentence(summary)}**\n\n{out['change_markdown']}"),
+        "improved_categories": dg.MetadataValue.json(head.get("improved_categories", [])),
+        "regressed_categories": dg.MetadataValue.json(head.get("regressed_categories", [])),
         "summary": dg.MetadataValue.md(out["markdown"]),
         "report_path": dg.MetadataValue.path(str(out["path"])),
         "adapter_version": dg.MetadataValue.text(version),
-        "win_rate_vs_teacher": num(head.get("win_rate_vs_teacher")),
-        "win_rate_vs_base": num(head.get("win_rate_vs_base")),
+        "win_rate_vs_teacher": win("teacher"),
+        "win_rate_vs_base": win("base"),
+        "judge_signal": dg.MetadataValue.json({"vs_teacher": head.get("judge_signal"),
+                                               "vs_base": head.get("base_judge_signal")}),
         "transfer_ratio": num(head.get("transfer_ratio")),
         "consistency_rate": num(head.get("consistency_rate")),
         "examples": dg.MetadataValue.int(int(eval_df["eval_id"].nunique())),

@@ -5,7 +5,7 @@ import pandas as pd
 
 from distill_assets.defs.partitions import CATEGORY
 from distill_assets.defs.stage_output import publish_stage
-from distill_assets.lib.filters.judge import judge_frame
+from distill_assets.lib.filters.judge import judge_frame, score_distribution, score_signal
 from distill_assets.lib.stages import kept
 from distill_assets.lib.tasks import load_tasks
 from resources.llm import LLMResource
@@ -36,13 +36,17 @@ def judged(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame, store:
             stats = dict(s.stats)
     counts = df["judge_status"].value_counts().to_dict() if not df.empty else {}
     scores = df["judge_score"].dropna()
+    signal = score_signal(scores)
+    if signal.startswith("no signal"):
+        context.log.warning(f"judge on {cat.name}: {signal}; its threshold sorts rows by that one score, "
+                            "not by quality")
     extra = {
+        "judge_signal": dg.MetadataValue.text(signal),
+        "score_distribution": dg.MetadataValue.json(score_distribution(df)),
         "judge": dg.MetadataValue.json(judge.describe()),
         "judge_status": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
         "judge_calls": dg.MetadataValue.json(stats),
         "mean_judge_score": dg.MetadataValue.float(float(scores.mean()) if len(scores) else float("nan")),
-        "score_histogram": dg.MetadataValue.json(
-            {str(k): int(v) for k, v in scores.round().value_counts().sort_index().items()}),
     }
     return publish_stage(context, store, df, stage="judged", extra_metadata=extra,
                          preview_columns=["example_id", "instruction", "judge_score", "judge_rationale",

@@ -83,7 +83,9 @@ TABLES: dict[str, str] = {
             judge_errors BIGINT, win_rate_vs_base DOUBLE, base_win_ci_low DOUBLE, base_win_ci_high DOUBLE,
             base_consistency_rate DOUBLE, base_unparseable BIGINT, latency_p50_s DOUBLE, latency_p95_s DOUBLE,
             tokens_per_s DOUBLE, peak_mem_mb DOUBLE, size_bytes BIGINT, usd_per_1m_tokens DOUBLE,
-            cost_vs_teacher DOUBLE, run_id VARCHAR, created_at TIMESTAMPTZ,
+            cost_vs_teacher DOUBLE, run_id VARCHAR, created_at TIMESTAMPTZ, n_paired BIGINT, base_score DOUBLE,
+            delta_vs_base DOUBLE, delta_ci_low DOUBLE, delta_ci_high DOUBLE, change VARCHAR, judge_signal VARCHAR,
+            base_judge_signal VARCHAR,
             PRIMARY KEY (adapter_version, variant, category))""",
     "model_versions": """
         CREATE TABLE IF NOT EXISTS model_versions (
@@ -103,6 +105,11 @@ STAGE_ORDER_SQL = "CASE stage " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in en
 # columns added after a table first shipped: existing databases get them on open
 MIGRATIONS = [
     "ALTER TABLE teacher_calls ADD COLUMN IF NOT EXISTS budget_scope VARCHAR",
+    # the paired change vs the base student (lib/evaluation/change.py) and the pairwise judge's signal
+    *(f"ALTER TABLE eval_summary ADD COLUMN IF NOT EXISTS {col} {kind}" for col, kind in (
+        ("n_paired", "BIGINT"), ("base_score", "DOUBLE"), ("delta_vs_base", "DOUBLE"), ("delta_ci_low", "DOUBLE"),
+        ("delta_ci_high", "DOUBLE"), ("change", "VARCHAR"), ("judge_signal", "VARCHAR"),
+        ("base_judge_signal", "VARCHAR"))),
 ]
 
 VIEWS: dict[str, str] = {

@@ -82,10 +82,21 @@ categories:
     return path
 
 
+def _judge(text):
+    """Prefers the one response that states an answer (the teacher's, vs a tiny random student); between two
+    that do not (merged vs base) it always says A: pure position bias, a judge with no signal."""
+    a = text.split("Response A:")[1].split("Response B:")[0]
+    b = text.split("Response B:")[1].split("Which response is better?")[0]
+    answers = [("The answer is" in r or "Label:" in r) for r in (a, b)]
+    if answers == [False, True]:
+        return "B states the answer.\nWinner: B"
+    return "Response A is more direct.\nWinner: A"
+
+
 def _responder(body):
     text = body["messages"][-1]["content"]
     if text.startswith("Compare these two responses"):
-        return "Response A is more direct.\nWinner: A"  # a judge with pure position bias
+        return _judge(text)
     for p, ref, _ in MATH + CLASSIFY:
         if p in text:
             return f"The answer is {ref}." if ref.isdigit() else f"Label: {ref}"
@@ -141,9 +152,12 @@ def test_eval_report_end_to_end(tmp_path, monkeypatch, tiny_models):
         assert len(results) == 3 * 6
         teacher = results[results["variant"] == "teacher"]
         assert (teacher["score"] == 1.0).all()
-        # pure position bias: every judged pair is a tie, so no win rate differs from 0.5
+        # vs the teacher the judge is consistent (the teacher wins every pair); vs the base it only follows the
+        # position: every pair a tie, never consistent
         judged = results[results["judge_verdict"].notna()]
-        assert (judged["judge_score"] == 0.5).all() and not judged["judge_consistent"].any()
+        assert (judged["judge_verdict"] == "loss").all() and judged["judge_consistent"].all()
+        vs_base = results[results["judge_vs_base_verdict"].notna()]
+        assert (vs_base["judge_vs_base_score"] == 0.5).all() and not vs_base["judge_vs_base_consistent"].any()
 
         html_text = report_path.read_text()
         payload = json.loads(re.search(r"<script type='application/json' id='eval-summary'>(.*?)</script>",
@@ -160,10 +174,30 @@ def test_eval_report_end_to_end(tmp_path, monkeypatch, tiny_models):
                 assert rec["win_rate_vs_teacher"] == pytest.approx(valid["judge_score"].mean())
         merged = summary[(summary["variant"] == "merged_student") & (summary["category"] == "__all__")].iloc[0]
         m_rows = results[results["variant"] == "merged_student"]
-        assert merged["win_rate_vs_base"] == pytest.approx(m_rows["judge_vs_base_score"].mean())
+        assert merged["judge_signal"] == "ok" and merged["win_rate_vs_teacher"] == 0.0
+        # the judge without signal vs the base has no win rate and no CI, only the reason
+        assert merged["base_judge_signal"] == "no signal (consistency 0%)"
+        assert merged["win_rate_vs_base"] is None and merged["base_win_ci_low"] is None
         assert merged["transfer_ratio"] == pytest.approx(m_rows["score"].mean() / teacher["score"].mean())
         # the visible headline numbers are the same
         assert f"{100 * merged['win_rate_vs_teacher']:.1f}%" in re.search(r"id='win-vs-teacher'>([^<]*)<", html_text).group(1)
+        assert re.search(r"id='win-vs-base'>([^<]*)<", html_text).group(1) == \
+            "judge has no signal here (consistency 0%)"
+        assert md["win_rate_vs_base"].value == "judge has no signal here (consistency 0%)"
+        # the report leads with the paired change vs the base, per category, as stored in eval_summary
+        assert re.findall(r"<h2>(.*?)</h2>", html_text)[0] == "What changed: merged student vs base student"
+        m_db = store.query_df("SELECT * FROM eval_summary WHERE variant = 'merged_student' AND category <> '__all__'")
+        for r in m_db.to_dict("records"):
+            pairs = results[results["category"] == r["category"]].pivot(index="example_id", columns="variant",
+                                                                       values="score")
+            assert r["n_paired"] == 3
+            assert r["delta_vs_base"] == pytest.approx((pairs["merged_student"] - pairs["base_student"]).mean())
+            assert r["delta_ci_low"] <= r["delta_vs_base"] <= r["delta_ci_high"]
+            assert r["change"] in ("improved", "regressed", "no measurable change")
+            assert f"<td>{r['category']}</td>" in html_text and f"| {r['category']} " in md["change_vs_base"].value
+        improved = sorted(m_db[m_db["change"] == "improved"]["category"])
+        assert md["improved_categories"].value == improved
+        assert (("No category improved" in md["change_vs_base"].value) == (not improved))
         assert "awq" in html_text and "skipped: needs CUDA" in html_text
         assert "Iteration advice" in html_text and "<img src='data:image/png;base64," in html_text
         # failure analysis: every failed merged-student example is listed with its category
@@ -179,10 +213,14 @@ def test_eval_report_end_to_end(tmp_path, monkeypatch, tiny_models):
         teacher_cost = summary_db[(summary_db["variant"] == "teacher") & (summary_db["category"] == "__all__")]
         assert teacher_cost.iloc[0]["usd_per_1m_tokens"] > 0  # from the ledger's priced calls
 
-        # the gate: win rate vs base 50% is not above 50% -> not promoted, WARN by default
+        # the gate: the judge without signal is not used (and fails nothing); the random students miss their
+        # transfer targets -> not promoted, WARN by default
         check = res.get_asset_check_evaluations()[0]
         assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
         assert check.metadata["promoted"].value is False
+        assert check.metadata["judge_vs_base"].value == "judge has no signal here (consistency 0%)"
+        assert "criterion skipped" in check.metadata["notes"].value
+        assert "win rate vs base" not in check.metadata["reasons"].value
         assert check.metadata["adapter_version"].value == md["adapter_version"].value
         # the check only reads: model_versions is written by failure_resolution, not by eval_gate
         assert store.query_df("SELECT * FROM model_versions").empty

@@ -1,6 +1,9 @@
 """The eval gate: promote the merged student only if it beats the base student and meets every category's
 transfer target.
 
+A pairwise judge without signal (signal.py) has no win rate vs the base; the gate then skips that criterion
+and says so in `notes`, rather than failing the student for the judge's blindness.
+
 `gate_decision` is pure. `record_decision` writes the decision to `model_versions` (adapter_version, promoted,
 ...), which the retraining sensor reads: the newest row with promoted = true is the model to serve. Only the
 `failure_resolution` asset calls it; the `eval_gate` check computes the same decision and only reports it.
@@ -13,6 +16,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from distill_assets.lib.evaluation.metrics import BASE, MERGED, OVERALL
+from distill_assets.lib.evaluation.signal import describe, no_signal
 from distill_assets.lib.tasks import TaskFile
 from resources.store import DuckDBStore
 
@@ -36,14 +40,20 @@ def gate_decision(summary: pd.DataFrame, targets: dict[str, float],
                   min_win_rate_vs_base: float = MIN_WIN_RATE_VS_BASE) -> dict:
     """Pure gate over one adapter version's eval_summary rows. Returns passed, reasons and the numbers."""
     reasons: list[str] = []
+    notes: list[str] = []
     m = summary[summary["variant"] == MERGED]
     overall = m[m["category"] == OVERALL]
     if overall.empty:
         return {"passed": False, "reasons": ["the merged student was not evaluated"], "failed_categories": [],
-                "win_rate_vs_base": None, "win_rate_vs_teacher": None, "transfer_ratio": None, "per_category": {}}
+                "win_rate_vs_base": None, "win_rate_vs_teacher": None, "transfer_ratio": None, "per_category": {},
+                "judge_vs_base": None, "notes": []}
     o = overall.iloc[0]
     wb = _num(o.get("win_rate_vs_base"))
-    if math.isnan(wb):
+    base_signal = o.get("base_judge_signal")
+    if no_signal(base_signal):
+        wb = float("nan")
+        notes.append(f"win rate vs base unavailable, criterion skipped: {describe(base_signal)}")
+    elif math.isnan(wb):
         reasons.append(f"no valid judge verdicts vs the {BASE} (base not evaluated or all verdicts unparseable)")
     elif not wb > min_win_rate_vs_base:
         reasons.append(f"win rate vs base {wb:.1%} is not above {min_win_rate_vs_base:.0%}")
@@ -51,7 +61,8 @@ def gate_decision(summary: pd.DataFrame, targets: dict[str, float],
     for cat, target in sorted(targets.items()):
         row = m[m["category"] == cat]
         ratio = _num(row.iloc[0]["transfer_ratio"]) if not row.empty else float("nan")
-        per_cat[cat] = {"transfer_ratio": None if math.isnan(ratio) else ratio, "target": target}
+        per_cat[cat] = {"transfer_ratio": None if math.isnan(ratio) else ratio, "target": target,
+                        **_change(row.iloc[0] if not row.empty else None)}
         if math.isnan(ratio):
             failed.append(cat)
             reasons.append(f"{cat}: no transfer ratio (not evaluated, or the teacher scored 0)")
@@ -63,7 +74,19 @@ def gate_decision(summary: pd.DataFrame, targets: dict[str, float],
             "win_ci_low": None if math.isnan(_num(o.get("base_win_ci_low"))) else _num(o.get("base_win_ci_low")),
             "win_rate_vs_teacher": None if math.isnan(_num(o.get("win_rate_vs_teacher"))) else _num(o.get("win_rate_vs_teacher")),
             "transfer_ratio": None if math.isnan(_num(o.get("transfer_ratio"))) else _num(o.get("transfer_ratio")),
-            "per_category": per_cat}
+            "per_category": per_cat, "notes": notes,
+            "judge_vs_base": describe(base_signal) if isinstance(base_signal, str) else None}
+
+
+def _change(row) -> dict:
+    """The paired change vs the base of one category row (informational: the gate does not decide on it)."""
+    out = {}
+    for k in ("delta_vs_base", "delta_ci_low", "delta_ci_high"):
+        v = _num(row.get(k)) if row is not None else float("nan")
+        out[k] = None if math.isnan(v) else v
+    change = row.get("change") if row is not None else None
+    out["change"] = change if isinstance(change, str) else None
+    return out
 
 
 def latest_evaluated_version(store: DuckDBStore) -> tuple[str | None, str | None]:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib.evaluation.signal import OK as SIGNAL_OK
+from distill_assets.lib.evaluation.signal import has_signal, judge_signal
 from distill_assets.lib.verification.code import extract_code as _extract_code
 from distill_assets.lib.verification.labels import labels_match, parse_label
 from distill_assets.lib.verification.math import answers_match, extract_final_answer
@@ -248,19 +250,41 @@ def stratified(results: pd.DataFrame, by: list[str], value: str = "score", n_boo
     return pd.DataFrame(rows)
 
 
-def stratified_breakdown(results: pd.DataFrame, n_boot: int = 1000) -> dict[str, pd.DataFrame]:
+def stratified_breakdown(results: pd.DataFrame, n_boot: int = 1000,
+                         judge_signals: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
     """The strata: category, difficulty and response-length bucket, per variant; task score and the
-    win rate against the teacher side by side."""
+    win rate against the teacher side by side.
+
+    judge_signals: variant -> that variant's overall judge signal vs the teacher. A stratum gets no win rate
+    when the variant's judge has no signal overall or within the stratum (see signal.py)."""
     out = {}
     for dim in ("category", "difficulty", "length_bucket"):
         task = stratified(results, ["variant", dim], "score", n_boot).rename(
             columns={"n": "n_task", "mean": "task_score", "ci_low": "task_ci_low", "ci_high": "task_ci_high"})
         if "judge_score" in results.columns:
-            judged = stratified(results[results["variant"] != TEACHER], ["variant", dim], "judge_score", n_boot).rename(
+            judged = results[results["variant"] != TEACHER]
+            rates = stratified(judged, ["variant", dim], "judge_score", n_boot).rename(
                 columns={"n": "n_judged", "mean": "win_rate_vs_teacher", "ci_low": "win_ci_low", "ci_high": "win_ci_high"})
-            task = task.merge(judged, on=["variant", dim], how="left")
+            rates["judge_signal"] = [_stratum_signal(judged, dim, r, judge_signals or {})
+                                     for r in rates.to_dict("records")]
+            hidden = rates["judge_signal"] != SIGNAL_OK
+            rates.loc[hidden, ["win_rate_vs_teacher", "win_ci_low", "win_ci_high"]] = np.nan
+            task = task.merge(rates, on=["variant", dim], how="left")
         out[dim] = task
     return out
+
+
+def _stratum_signal(judged: pd.DataFrame, dim: str, rates_row: dict, overall: dict[str, str]) -> str:
+    variant = rates_row["variant"]
+    if not has_signal(overall.get(variant)):
+        return str(overall[variant])
+    g = judged[(judged["variant"] == variant) & (judged[dim] == rates_row[dim])]
+    scores = g["judge_score"].astype(float)
+    valid = scores.notna()
+    consistency = (float(g.loc[valid, "judge_consistent"].astype(bool).mean())
+                   if "judge_consistent" in g.columns and valid.any() else float("nan"))
+    # a both-orders score of exactly 0.5 is a tie
+    return judge_signal(int(valid.sum()), int((scores[valid] == 0.5).sum()), consistency)
 
 
 def transfer_ratios(results: pd.DataFrame, categories: dict[str, Any], teacher: str = TEACHER) -> pd.DataFrame:

@@ -10,6 +10,7 @@ and reported separately. Verdicts go through the LLM call cache, so a rerun re-a
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import pandas as pd
 
 from distill_assets.lib.evaluation.metrics import bootstrap_ci
+from distill_assets.lib.evaluation.signal import OK as SIGNAL_OK
+from distill_assets.lib.evaluation.signal import judge_signal
 from resources.llm import ChatRequest
 
 # The pairwise judge prompt (the usual Step 3 evaluate.py one), asking for a short rationale first so that the failure
@@ -174,10 +177,13 @@ def make_pairs(results: pd.DataFrame, candidate: str, opponent: str, comparison:
 
 
 def win_rates(judged: pd.DataFrame, by: list[str], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Win rate (win 1, tie 0.5) with bootstrap 95% CI, position-consistency rate and the separately counted
-    parse failures and judge errors, per group."""
+    """Win rate (win 1, tie 0.5) with bootstrap 95% CI, position-consistency rate, the judge's signal and the
+    separately counted parse failures and judge errors, per group.
+
+    A group whose judge has no signal (consistency below 50%, or every valid comparison a tie) gets NaN as
+    win rate and CI: 50% and a zero-width interval would read as a measured result."""
     cols = [*by, "n_pairs", "n_valid", "wins", "ties", "losses", "win_rate", "win_ci_low", "win_ci_high",
-            "consistency_rate", "unparseable", "judge_errors"]
+            "consistency_rate", "judge_signal", "unparseable", "judge_errors"]
     if judged.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -185,13 +191,16 @@ def win_rates(judged: pd.DataFrame, by: list[str], n_boot: int = 2000, seed: int
         key = key if isinstance(key, tuple) else (key,)
         valid = g[g["judge_verdict"].isin([WIN, TIE, LOSS])]
         scores = valid["judge_score"].astype(float).to_numpy()
-        lo, hi = bootstrap_ci(scores, n_boot=n_boot, seed=seed)
+        ties = int((valid["judge_verdict"] == TIE).sum())
+        consistency = float(valid["consistent"].astype(bool).mean()) if len(valid) else float("nan")
+        signal = judge_signal(len(valid), ties, consistency)
+        lo, hi = bootstrap_ci(scores, n_boot=n_boot, seed=seed) if signal == SIGNAL_OK else (math.nan, math.nan)
         rows.append({
             **dict(zip(by, key)), "n_pairs": len(g), "n_valid": len(valid),
-            "wins": int((valid["judge_verdict"] == WIN).sum()), "ties": int((valid["judge_verdict"] == TIE).sum()),
+            "wins": int((valid["judge_verdict"] == WIN).sum()), "ties": ties,
             "losses": int((valid["judge_verdict"] == LOSS).sum()),
-            "win_rate": float(scores.mean()) if len(scores) else float("nan"), "win_ci_low": lo, "win_ci_high": hi,
-            "consistency_rate": float(valid["consistent"].astype(bool).mean()) if len(valid) else float("nan"),
+            "win_rate": float(scores.mean()) if signal == SIGNAL_OK else math.nan,
+            "win_ci_low": lo, "win_ci_high": hi, "consistency_rate": consistency, "judge_signal": signal,
             "unparseable": int((g["judge_verdict"] == UNPARSEABLE).sum()),
             "judge_errors": int((g["judge_verdict"] == JUDGE_ERROR).sum()),
         })

@@ -10,8 +10,10 @@ import pandas as pd
 
 from distill_assets.lib.evaluation import pairwise as pw
 from distill_assets.lib.evaluation import report as rp
+from distill_assets.lib.evaluation.change import change_markdown
 from distill_assets.lib.evaluation.metrics import BASE, MERGED, OVERALL, TEACHER, stratified_breakdown
 from distill_assets.lib.evaluation.report_html import render_html
+from distill_assets.lib.evaluation.summary import judge_signals
 from distill_assets.lib.evaluation.variants import VariantSpec
 from resources.store import DuckDBStore
 
@@ -63,14 +65,15 @@ def store_results(store: DuckDBStore, results: pd.DataFrame, summary: pd.DataFra
 def write_eval_report(store: DuckDBStore, *, results: pd.DataFrame, summary: pd.DataFrame,
                       efficiency: pd.DataFrame, version: str, run_id: str, teacher_price: dict, config: dict,
                       reports_dir: Path, n_bootstrap: int) -> dict:
-    """Trend, strata and failure analysis; the HTML report on disk. Returns path, markdown, headline, failures."""
+    """Trend, strata and failure analysis; the HTML report on disk. Returns path, markdown (the summary and the
+    change table alone), headline, failures."""
     history = store.query_df("SELECT * FROM eval_summary WHERE variant = ? AND category = ?", [MERGED, OVERALL])
     trend = rp.trend_table(history, version)
-    strata = stratified_breakdown(results, n_boot=min(n_bootstrap, 1000))
+    strata = stratified_breakdown(results, n_boot=min(n_bootstrap, 1000), judge_signals=judge_signals(summary))
     failures = rp.failure_analysis(results)
     html_text = render_html(results=results, summary=summary, efficiency=efficiency, strata=strata,
                             failures=failures, trend=trend, adapter_version=version, run_id=run_id,
                             teacher_price=teacher_price, config=config)
     path = rp.write_report(html_text, reports_dir, version, run_id)
     return {"path": path, "markdown": rp.markdown_summary(summary, efficiency, trend, failures, version, str(path)),
-            "headline": rp.headline(summary), "failures": failures}
+            "change_markdown": change_markdown(summary), "headline": rp.headline(summary), "failures": failures}

@@ -1,7 +1,8 @@
-"""Per-example results, the summary table, failure analysis, trend, the headline and the markdown summary.
+"""Per-example results, failure analysis, trend, the headline and the markdown summary.
 
-Pure functions: DataFrames in, DataFrames (or text) out. The HTML report (report_html.py) is rendered from
-exactly the rows that go to `eval_results`, so the report and the table cannot disagree.
+Pure functions: DataFrames in, DataFrames (or text) out. The summary rows come from summary.py; the HTML
+report (report_html.py) is rendered from exactly the rows that go to `eval_results` and `eval_summary`, so
+the report and the tables cannot disagree. Both lead with the paired change vs the base student (change.py).
 """
 
 from __future__ import annotations
@@ -14,19 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib.evaluation import change as ch
 from distill_assets.lib.evaluation import pairwise as pw
-from distill_assets.lib.evaluation.metrics import (
-    BASE,
-    FAIL,
-    MERGED,
-    NO_RESPONSE,
-    OVERALL,
-    TEACHER,
-    UNPARSED,
-    mean_with_ci,
-    percentile,
-    transfer_ratios,
-)
+from distill_assets.lib.evaluation.metrics import BASE, FAIL, MERGED, NO_RESPONSE, OVERALL, TEACHER, UNPARSED
+from distill_assets.lib.evaluation.signal import describe, has_signal, no_signal
 
 # Iteration strategy by win rate against the teacher.
 ITERATION_ADVICE = [
@@ -56,7 +48,11 @@ RESULT_COLUMNS = [
 ]
 
 
-def iteration_advice(win_rate: float | None) -> dict:
+def iteration_advice(win_rate: float | None, judge_signal: str | None = None) -> dict:
+    if no_signal(judge_signal):
+        return {"band": describe(judge_signal),
+                "advice": ["Read the per-category change vs the base student: the task metric does not depend "
+                           "on the judge", "Use a larger judge model (JUDGE_MODEL) and rerun eval_report"]}
     if win_rate is None or (isinstance(win_rate, float) and math.isnan(win_rate)):
         return {"band": "no valid judge verdicts", "advice": ["Fix the judge (see parse failures) and rerun"]}
     for lo, hi, band, advice in ITERATION_ADVICE:
@@ -114,8 +110,14 @@ def attach_judgments(scored: pd.DataFrame, judged: pd.DataFrame, *, adapter_vers
             if prefix == "judge":
                 out["judge_rationale"] = [key[k]["_rat"] if k in key else None for k in idx]
     t_tokens = out[out["variant"] == TEACHER].set_index("example_id")["response_tokens"].to_dict()
+    # a loss from a judge without signal is no failure of the student
+    vs_teacher = judged[judged["comparison"] == "vs_teacher"] if not judged.empty else judged
+    rates = pw.win_rates(vs_teacher, ["candidate"], n_boot=100) if not vs_teacher.empty else pd.DataFrame()
+    silent = {r["candidate"] for r in rates.to_dict("records") if no_signal(r["judge_signal"])}
     out["failure_category"] = [
-        None if r["variant"] in (TEACHER, BASE) else classify_failure(r, t_tokens.get(r["example_id"]), too_short_ratio)
+        None if r["variant"] in (TEACHER, BASE) else classify_failure(
+            {**r, "judge_verdict": None} if r["variant"] in silent else r, t_tokens.get(r["example_id"]),
+            too_short_ratio)
         for r in out.to_dict("records")]
     out["adapter_version"] = adapter_version
     out["run_id"] = run_id
@@ -124,91 +126,6 @@ def attach_judgments(scored: pd.DataFrame, judged: pd.DataFrame, *, adapter_vers
         if c not in out.columns:
             out[c] = None
     return out[RESULT_COLUMNS]
-
-
-def _judged_frame(results: pd.DataFrame, prefix: str) -> pd.DataFrame:
-    """The judge columns of eval_results in the shape pairwise.win_rates expects."""
-    r = results[results[f"{prefix}_verdict"].notna()]
-    return pd.DataFrame({"variant": r["variant"], "category": r["category"],
-                         "judge_verdict": r[f"{prefix}_verdict"], "judge_score": r[f"{prefix}_score"].astype(float),
-                         "consistent": r[f"{prefix}_consistent"]})
-
-
-def summary_table(results: pd.DataFrame, efficiency: pd.DataFrame, categories: dict[str, Any], *,
-                  adapter_version: str, run_id: str, n_boot: int = 2000,
-                  created_at: datetime | None = None) -> pd.DataFrame:
-    """eval_summary: one row per variant x category (and '__all__'); skipped variants get one '__all__' row."""
-    created_at = created_at or datetime.now(UTC)
-    transfer = transfer_ratios(results, categories)
-    tkey = {(r.variant, r.category): r for r in transfer.itertuples(index=False)}
-    jt = pw.win_rates(_judged_frame(results, "judge"), ["variant", "category"], n_boot=n_boot)
-    jt_all = pw.win_rates(_judged_frame(results, "judge"), ["variant"], n_boot=n_boot).assign(category=OVERALL)
-    jb = pw.win_rates(_judged_frame(results, "judge_vs_base"), ["variant", "category"], n_boot=n_boot)
-    jb_all = pw.win_rates(_judged_frame(results, "judge_vs_base"), ["variant"], n_boot=n_boot).assign(category=OVERALL)
-    jkey = {(r["variant"], r["category"]): r for r in pd.concat([jt, jt_all]).to_dict("records")}
-    bkey = {(r["variant"], r["category"]): r for r in pd.concat([jb, jb_all]).to_dict("records")}
-    ekey = {r["variant"]: r for r in efficiency.to_dict("records")} if not efficiency.empty else {}
-    rows = []
-    for variant, vg in results.groupby("variant", sort=False):
-        groups = [(c, g) for c, g in vg.groupby("category", sort=True)] + [(OVERALL, vg)]
-        for cat, g in groups:
-            task = mean_with_ci(g["score"], n_boot=n_boot)
-            tr = tkey.get((variant, cat))
-            j, b, e = jkey.get((variant, cat), {}), bkey.get((variant, cat), {}), ekey.get(variant, {})
-            lat = g["latency_s"].astype(float)
-            tok_s = (float(g["response_tokens"].sum()) / float(lat.sum())) if lat.notna().any() and lat.sum() > 0 \
-                else np.nan
-            metrics = sorted(g["metric"].dropna().unique())
-            rows.append({
-                "adapter_version": adapter_version, "variant": variant, "category": cat,
-                "metric": metrics[0] if len(metrics) == 1 else "mixed", "status": e.get("status", "ok"),
-                "reason": e.get("reason"), "n": int(len(g)), "n_scored": task["n"],
-                "task_score": task["mean"], "task_ci_low": task["ci_low"], "task_ci_high": task["ci_high"],
-                "infra_errors": int((g["task_status"] == "infra_error").sum()),
-                "teacher_score": getattr(tr, "teacher_score", np.nan) if tr is not None else np.nan,
-                "transfer_ratio": getattr(tr, "transfer_ratio", np.nan) if tr is not None else np.nan,
-                "transfer_target": getattr(tr, "target", np.nan) if tr is not None else np.nan,
-                "meets_target": bool(tr.meets_target) if tr is not None else None,
-                "win_rate_vs_teacher": j.get("win_rate", np.nan), "win_ci_low": j.get("win_ci_low", np.nan),
-                "win_ci_high": j.get("win_ci_high", np.nan), "n_judged": j.get("n_valid", 0),
-                "wins": j.get("wins", 0), "ties": j.get("ties", 0), "losses": j.get("losses", 0),
-                "consistency_rate": j.get("consistency_rate", np.nan), "unparseable": j.get("unparseable", 0),
-                "judge_errors": j.get("judge_errors", 0),
-                "win_rate_vs_base": b.get("win_rate", np.nan), "base_win_ci_low": b.get("win_ci_low", np.nan),
-                "base_win_ci_high": b.get("win_ci_high", np.nan),
-                "base_consistency_rate": b.get("consistency_rate", np.nan),
-                "base_unparseable": b.get("unparseable", 0),
-                "latency_p50_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95), "tokens_per_s": tok_s,
-                "peak_mem_mb": e.get("peak_mem_mb", np.nan), "size_bytes": e.get("size_bytes"),
-                "usd_per_1m_tokens": e.get("usd_per_1m_tokens", np.nan),
-                "cost_vs_teacher": e.get("cost_vs_teacher", np.nan),
-                "run_id": run_id, "created_at": created_at,
-            })
-    present = set(results["variant"]) if not results.empty else set()
-    for e in (efficiency.to_dict("records") if not efficiency.empty else []):
-        if e["variant"] not in present:
-            rows.append({"adapter_version": adapter_version, "variant": e["variant"], "category": OVERALL,
-                         "metric": None, "status": e["status"], "reason": e["reason"], "n": 0, "n_scored": 0,
-                         "run_id": run_id, "created_at": created_at})
-    out = pd.DataFrame(rows)
-    for c in SUMMARY_COLUMNS:
-        if c not in out.columns:
-            out[c] = None
-    out = out[SUMMARY_COLUMNS]
-    for c in ("size_bytes", "n_judged", "wins", "ties", "losses", "unparseable", "judge_errors",
-              "base_unparseable", "infra_errors"):
-        out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
-    return out
-
-
-SUMMARY_COLUMNS = [
-    "adapter_version", "variant", "category", "metric", "status", "reason", "n", "n_scored", "task_score",
-    "task_ci_low", "task_ci_high", "infra_errors", "teacher_score", "transfer_ratio", "transfer_target",
-    "meets_target", "win_rate_vs_teacher", "win_ci_low", "win_ci_high", "n_judged", "wins", "ties", "losses",
-    "consistency_rate", "unparseable", "judge_errors", "win_rate_vs_base", "base_win_ci_low", "base_win_ci_high",
-    "base_consistency_rate", "base_unparseable", "latency_p50_s", "latency_p95_s", "tokens_per_s", "peak_mem_mb",
-    "size_bytes", "usd_per_1m_tokens", "cost_vs_teacher", "run_id", "created_at",
-]
 
 
 def failure_analysis(results: pd.DataFrame) -> pd.DataFrame:
@@ -267,24 +184,42 @@ def headline(summary: pd.DataFrame, variant: str = MERGED) -> dict:
         return {}
     r = row.iloc[0]
     keys = ["task_score", "transfer_ratio", "meets_target", "win_rate_vs_teacher", "win_ci_low", "win_ci_high",
-            "win_rate_vs_base", "base_win_ci_low", "base_win_ci_high", "consistency_rate", "unparseable",
-            "judge_errors", "n"]
-    return {k: (None if pd.isna(r[k]) else (r[k].item() if hasattr(r[k], "item") else r[k])) for k in keys}
+            "win_rate_vs_base", "base_win_ci_low", "base_win_ci_high", "consistency_rate", "base_consistency_rate",
+            "judge_signal", "base_judge_signal", "unparseable", "judge_errors", "n", "delta_vs_base",
+            "delta_ci_low", "delta_ci_high", "change"]
+    out = {k: (None if k not in r.index or pd.isna(r[k]) else (r[k].item() if hasattr(r[k], "item") else r[k]))
+           for k in keys}
+    out["improved_categories"] = ch.categories_with(summary, ch.IMPROVED, variant)
+    out["regressed_categories"] = ch.categories_with(summary, ch.REGRESSED, variant)
+    return out
+
+
+def win_rate_text(head: dict, vs: str = "teacher") -> str:
+    """'57.0% (95% CI 40.0%–70.0%)', or the reason there is no win rate: a judge without signal shows none."""
+    p = "" if vs == "teacher" else "base_"
+    signal = head.get(f"{p}judge_signal")
+    rate = head.get(f"win_rate_vs_{vs}")
+    if not has_signal(signal):
+        return describe(signal)
+    return f"{fmt(rate, True)} (95% CI {fmt(head.get(f'{p}win_ci_low'), True)}–{fmt(head.get(f'{p}win_ci_high'), True)})"
 
 
 def markdown_summary(summary: pd.DataFrame, efficiency: pd.DataFrame, trend: pd.DataFrame, failures: pd.DataFrame,
                      adapter_version: str, report_path: str | None = None) -> str:
     head = headline(summary)
-    advice = iteration_advice(head.get("win_rate_vs_teacher"))
-    lines = [f"**adapter** `{adapter_version}`",
-             f"- win rate vs teacher: **{fmt(head.get('win_rate_vs_teacher'), True)}** "
-             f"(CI {fmt(head.get('win_ci_low'), True)}–{fmt(head.get('win_ci_high'), True)}), "
-             f"consistency {fmt(head.get('consistency_rate'), True)}, unparseable {fmt(head.get('unparseable'))}",
-             f"- win rate vs base: **{fmt(head.get('win_rate_vs_base'), True)}** "
-             f"(CI {fmt(head.get('base_win_ci_low'), True)}–{fmt(head.get('base_win_ci_high'), True)})",
-             f"- transfer ratio: **{fmt(head.get('transfer_ratio'), True)}**, all targets met: "
-             f"{fmt(head.get('meets_target'))}",
-             f"- advice ({advice['band']}): " + "; ".join(advice["advice"]), ""]
+    advice = iteration_advice(head.get("win_rate_vs_teacher"), head.get("judge_signal"))
+    lines = [f"**adapter** `{adapter_version}`", "", f"**{ch.change_sentence(summary)}**", "",
+             ch.change_markdown(summary), ""]
+    exports = ch.export_variants(summary)
+    if exports:
+        lines += ["exported variants vs base:", "", ch.change_markdown(summary, exports), ""]
+    lines += [f"- win rate vs teacher: **{win_rate_text(head, 'teacher')}**, "
+              f"consistency {fmt(head.get('consistency_rate'), True)}, unparseable {fmt(head.get('unparseable'))}",
+              f"- win rate vs base: **{win_rate_text(head, 'base')}**, "
+              f"consistency {fmt(head.get('base_consistency_rate'), True)}",
+              f"- transfer ratio: **{fmt(head.get('transfer_ratio'), True)}**, all targets met: "
+              f"{fmt(head.get('meets_target'))}",
+              f"- advice ({advice['band']}): " + "; ".join(advice["advice"]), ""]
     ok = summary[(summary["category"] == OVERALL)]
     cols = ["variant", "status", "task_score", "transfer_ratio", "win_rate_vs_teacher", "latency_p50_s",
             "tokens_per_s", "usd_per_1m_tokens"]
@@ -294,8 +229,8 @@ def markdown_summary(summary: pd.DataFrame, efficiency: pd.DataFrame, trend: pd.
     lines.append(t.to_markdown(index=False))
     if len(trend) > 1:
         prev, cur = trend.iloc[-2], trend.iloc[-1]
-        lines.append(f"\nvs previous `{prev['adapter_version']}`: win rate vs teacher "
-                     f"{fmt(prev['win_rate_vs_teacher'], True)} → {fmt(cur['win_rate_vs_teacher'], True)}, transfer "
+        lines.append(f"\nvs previous `{prev['adapter_version']}`: task score "
+                     f"{fmt(prev['task_score'])} → {fmt(cur['task_score'])}, transfer "
                      f"{fmt(prev['transfer_ratio'], True)} → {fmt(cur['transfer_ratio'], True)}")
     if not failures.empty:
         counts = failures.groupby("failure_category").size().sort_values(ascending=False)
@@ -317,5 +252,5 @@ def write_report(html_text: str, reports_dir: Path, adapter_version: str, run_id
     return path
 
 
-__all__ = ["iteration_advice", "classify_failure", "attach_judgments", "summary_table", "failure_analysis",
-           "trend_table", "fmt", "headline", "markdown_summary", "write_report"]
+__all__ = ["iteration_advice", "classify_failure", "attach_judgments", "failure_analysis", "trend_table", "fmt",
+           "headline", "win_rate_text", "markdown_summary", "write_report"]

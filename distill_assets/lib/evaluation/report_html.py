@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib.evaluation import change as ch
 from distill_assets.lib.evaluation import pairwise as pw
 from distill_assets.lib.evaluation.metrics import OVERALL
-from distill_assets.lib.evaluation.report import fmt, headline, iteration_advice
+from distill_assets.lib.evaluation.report import fmt, headline, iteration_advice, win_rate_text
 
 
 def _png(fig) -> str:
@@ -111,7 +112,7 @@ def _plots(summary: pd.DataFrame, strata: dict[str, pd.DataFrame], efficiency: p
     return out
 
 
-_INT_COLS = {"n", "n_task", "n_judged", "n_scored", "n_pairs", "n_valid", "wins", "ties", "losses", "requests",
+_INT_COLS = {"n", "n_paired", "n_task", "n_judged", "n_scored", "n_pairs", "n_valid", "wins", "ties", "losses", "requests",
              "errors", "unparseable", "judge_errors", "base_unparseable", "infra_errors", "count"}
 
 
@@ -156,7 +157,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;
 vertical-align:top}th{background:#f3f3f3}.fail{border:1px solid #e0b4b4;background:#fff6f6;padding:.6em;margin:.6em 0}
 pre{white-space:pre-wrap;background:#f8f8f8;padding:.4em;margin:.2em 0;max-height:18em;overflow:auto}
-.key{font-size:1.1em}.skip{color:#a60}"""
+.key{font-size:1.1em}.skip{color:#a60}.lead{font-size:1.25em;font-weight:600}"""
 
 
 def render_html(*, results: pd.DataFrame, summary: pd.DataFrame, efficiency: pd.DataFrame, strata: dict,
@@ -164,19 +165,29 @@ def render_html(*, results: pd.DataFrame, summary: pd.DataFrame, efficiency: pd.
                 teacher_price: dict, config: dict | None = None) -> str:
     plots = _plots(summary, strata, efficiency, trend)
     head = headline(summary)
-    advice = iteration_advice(head.get("win_rate_vs_teacher"))
+    advice = iteration_advice(head.get("win_rate_vs_teacher"), head.get("judge_signal"))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>distill eval {html.escape(adapter_version)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Distillation evaluation</h1><p>adapter version <code>{html.escape(adapter_version)}</code> · "
              f"run <code>{html.escape(run_id)}</code> · {datetime.now(UTC):%Y-%m-%d %H:%M UTC} · "
              f"{results['example_id'].nunique() if not results.empty else 0} eval examples</p>"]
+    # the first screen: what changed against the base student, per category, on the task metric
+    parts.append("<section id='change-vs-base'><h2>What changed: merged student vs base student</h2>"
+                 f"<p class='lead' id='change-sentence'>{html.escape(ch.change_sentence(summary))}</p>"
+                 "<p>Task metric per category on the same eval items; <i>student − base</i> is the mean paired "
+                 "difference and its 95% CI a bootstrap over items. <i>improved</i>: the whole CI above 0; "
+                 "<i>regressed</i>: below 0; otherwise no measurable change. Transfer = student / teacher.</p>"
+                 + _table(ch.change_display(summary, [ch.MERGED])))
+    exports = ch.export_variants(summary)
+    if exports:
+        parts.append("<h3>Exported variants vs base student</h3>" + _table(ch.change_display(summary, exports)))
+    parts.append("</section>")
     parts.append("<h2>Key numbers (merged student)</h2><ul class='key'>")
-    parts.append(f"<li>win rate vs teacher: <b id='win-vs-teacher'>{fmt(head.get('win_rate_vs_teacher'), True)}</b> "
-                 f"(95% CI {fmt(head.get('win_ci_low'), True)}–{fmt(head.get('win_ci_high'), True)}); "
+    parts.append(f"<li>win rate vs teacher: <b id='win-vs-teacher'>{html.escape(win_rate_text(head, 'teacher'))}</b>; "
                  f"position consistency {fmt(head.get('consistency_rate'), True)}; "
                  f"unparseable verdicts {fmt(head.get('unparseable'))}, judge errors {fmt(head.get('judge_errors'))}</li>")
-    parts.append(f"<li>win rate vs base: <b id='win-vs-base'>{fmt(head.get('win_rate_vs_base'), True)}</b> "
-                 f"(95% CI {fmt(head.get('base_win_ci_low'), True)}–{fmt(head.get('base_win_ci_high'), True)})</li>")
+    parts.append(f"<li>win rate vs base: <b id='win-vs-base'>{html.escape(win_rate_text(head, 'base'))}</b>; "
+                 f"position consistency {fmt(head.get('base_consistency_rate'), True)}</li>")
     parts.append(f"<li>task score <b>{fmt(head.get('task_score'))}</b>; overall transfer ratio "
                  f"<b id='transfer'>{fmt(head.get('transfer_ratio'), True)}</b>; all category targets met: "
                  f"{fmt(head.get('meets_target'))}</li></ul>")
@@ -189,7 +200,8 @@ def render_html(*, results: pd.DataFrame, summary: pd.DataFrame, efficiency: pd.
             for r in skipped.itertuples()) + "</ul>")
     show = ["variant", "category", "metric", "n", "task_score", "task_ci_low", "task_ci_high", "teacher_score",
             "transfer_ratio", "transfer_target", "meets_target", "win_rate_vs_teacher", "win_ci_low", "win_ci_high",
-            "consistency_rate", "unparseable", "judge_errors", "win_rate_vs_base"]
+            "consistency_rate", "judge_signal", "unparseable", "judge_errors", "win_rate_vs_base",
+            "base_judge_signal"]
     ok = summary[summary["status"].fillna("ok") == "ok"]
     parts.append("<h2>Summary by variant and category</h2>" + _table(ok[show]))
     if "win_rate" in plots:

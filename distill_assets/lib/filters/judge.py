@@ -7,12 +7,16 @@ accepted ("4", "Score: 4/5", "**Overall quality: 4**", JSON in a fence). An answ
 it is asked once more, and if still unreadable the row gets its own reason `judge_unparseable` (distilabel
 #55 crashed on "7.5"; openai/evals #1712 turned unparseable into the minimum score). A judge call that
 fails outright is `judge_error`, quarantined rather than scored low, so a rerun re-judges it.
+
+`score_signal` flags a judge that gives (nearly) one score to everything: its threshold then keeps or drops
+rows by that one score, not by their quality, and the `judged` asset says so in its metadata.
 """
 
 
 import json
 import math
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -317,3 +321,38 @@ def judge_frame(df: pd.DataFrame, cat: Category, complete: Callable[[list[ChatRe
     out["judge_rationale"] = pd.Series(rationale_col, index=out.index, dtype="object")
     out["judge_status"] = pd.Series(status_col, index=out.index, dtype="object")
     return annotate(out, keep, reason, evidence, quarantined)
+
+
+# is the judge telling rows apart? ------------------------------------------------------------------------------
+SIGNAL_MIN_ROWS = 10  # fewer parsed scores say too little about the judge's spread
+SIGNAL_MAX_SHARE = 0.9  # one score given to this share of rows or more: no signal
+SIGNAL_MIN_STD = 0.5  # or a spread of less than half a point
+
+
+def score_distribution(df: pd.DataFrame) -> dict[str, int]:
+    """Rows per overall score 1-5 (a mean of sub-scores or a /10 score rounded half up), plus the unreadable
+    verdicts and the failed judge calls."""
+    out = {str(k): 0 for k in range(int(SCALE_MIN), int(SCALE_MAX) + 1)}
+    if df.empty:
+        return {**out, "unparseable": 0, "judge_error": 0}
+    for v in df["judge_score"].dropna():
+        out[str(int(math.floor(float(v) + 0.5)))] += 1
+    status = df["judge_status"]
+    return {**out, "unparseable": int((status == "unparseable").sum()), "judge_error": int((status == "error").sum())}
+
+
+def score_signal(scores: pd.Series | list[float]) -> str:
+    """'ok'; 'no signal: 94% of rows scored 4' when the judge gives nearly one score to everything; or
+    'not assessed: ...' below SIGNAL_MIN_ROWS parsed scores."""
+    x = [float(v) for v in scores if v is not None and math.isfinite(float(v))]
+    if len(x) < SIGNAL_MIN_ROWS:
+        return f"not assessed: only {len(x)} parsed scores (needs {SIGNAL_MIN_ROWS})"
+    rounded = [int(math.floor(v + 0.5)) for v in x]
+    mode = max(set(rounded), key=lambda k: (rounded.count(k), k))
+    share = rounded.count(mode) / len(x)
+    std = statistics.pstdev(x)
+    if share >= SIGNAL_MAX_SHARE:
+        return f"no signal: {share:.0%} of rows scored {mode}"
+    if std < SIGNAL_MIN_STD:
+        return f"no signal: score std {std:.2f} over {len(x)} rows ({share:.0%} scored {mode})"
+    return "ok"

@@ -50,3 +50,31 @@ def test_decide_version_reads_only_that_versions_summary(tmp_path):
     assert latest_evaluated_version(store) == ("v2", "run-v2")
     assert decide_version(store, "v1", {})["passed"] and not decide_version(store, "v2", {})["passed"]
     assert store.query_df("SELECT count(*) AS n FROM model_versions").iloc[0]["n"] == 0  # reading writes nothing
+
+
+def test_a_judge_without_signal_is_skipped_not_failed():
+    targets = {"maths": 0.75, "intent": 0.95}
+    s = _summary(float("nan"), {"maths": 0.8, "intent": 0.96})
+    s["base_judge_signal"] = ["no signal (consistency 0%)", None, None]
+    d = gate_decision(s, targets)
+    assert d["passed"] and d["reasons"] == [] and d["win_rate_vs_base"] is None
+    assert d["notes"] == ["win rate vs base unavailable, criterion skipped: judge has no signal here (consistency 0%)"]
+    assert d["judge_vs_base"] == "judge has no signal here (consistency 0%)"
+    # even a stored rate next to a no-signal label is not used
+    s.loc[0, "win_rate_vs_base"] = 0.2
+    assert gate_decision(s, targets)["passed"]
+    # the transfer targets still decide
+    s.loc[1, "transfer_ratio"] = 0.5
+    assert gate_decision(s, targets)["failed_categories"] == ["maths"]
+    # no valid verdicts at all is still a failure: the student was not shown to beat the base
+    s2 = _summary(float("nan"), {"maths": 0.8, "intent": 0.96}).assign(base_judge_signal="no valid verdicts")
+    assert not gate_decision(s2, targets)["passed"]
+
+
+def test_gate_reports_the_paired_change_per_category():
+    s = _summary(0.6, {"maths": 0.8, "intent": 0.96})
+    s["delta_vs_base"], s["delta_ci_low"], s["delta_ci_high"] = [None, 0.3, 0.0], [None, 0.1, -0.1], [None, 0.5, 0.1]
+    s["change"] = [None, "improved", "no measurable change"]
+    per_cat = gate_decision(s, {"maths": 0.75, "intent": 0.95})["per_category"]
+    assert per_cat["maths"]["change"] == "improved" and per_cat["maths"]["delta_ci_low"] == 0.1
+    assert per_cat["intent"]["change"] == "no measurable change"

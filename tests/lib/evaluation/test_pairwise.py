@@ -35,8 +35,43 @@ def test_judge_always_preferring_position_a_comes_out_a_tie():
     assert (judged["judge_verdict"] == "tie").all()
     assert not judged["consistent"].any()
     wr = pw.win_rates(judged, ["candidate"]).iloc[0]
-    assert wr["win_rate"] == 0.5 and wr["consistency_rate"] == 0.0 and wr["ties"] == 6
-    assert wr["win_ci_low"] <= 0.5 <= wr["win_ci_high"]
+    assert wr["consistency_rate"] == 0.0 and wr["ties"] == 6
+    # such a judge has no signal: no 50% win rate and no zero-width CI that would read as a measurement
+    assert wr["judge_signal"] == "no signal (consistency 0%)"
+    assert math.isnan(wr["win_rate"]) and math.isnan(wr["win_ci_low"]) and math.isnan(wr["win_ci_high"])
+
+
+def test_judge_tying_everything_has_no_signal_even_when_consistent():
+    judged = pw.judge_pairs(_pairs(), _judge(lambda p: '{"reason": "same", "winner": "tie"}')[0])
+    assert judged["consistent"].all()
+    wr = pw.win_rates(judged, ["candidate"]).iloc[0]
+    assert wr["consistency_rate"] == 1.0 and wr["judge_signal"] == "no signal (all 6 comparisons tied)"
+    assert math.isnan(wr["win_rate"]) and math.isnan(wr["win_ci_low"])
+
+
+def test_judge_with_signal_shows_win_rate_and_ci():
+    # the student wins on a, loses on b; every verdict agrees across both orders
+    def fn(prompt):
+        a = prompt.split("Response A:")[1].split("Response B:")[0]
+        q = int(prompt.split("question ")[1].split()[0])
+        student_wins = q % 2 == 0
+        return "Winner: A" if ("STUDENT" in a) == student_wins else "Winner: B"
+    judged = pw.judge_pairs(_pairs(8), _judge(fn)[0])
+    wr = pw.win_rates(judged, ["candidate"], n_boot=500).iloc[0]
+    assert wr["judge_signal"] == "ok" and wr["consistency_rate"] == 1.0
+    assert wr["win_rate"] == 0.5 and wr["win_ci_low"] < 0.5 < wr["win_ci_high"]
+    by_cat = pw.win_rates(judged, ["category"]).set_index("category")
+    assert by_cat.loc["a", "win_rate"] == 1.0 and by_cat.loc["b", "win_rate"] == 0.0
+
+
+def test_a_few_inconsistent_pairs_keep_the_signal():
+    answers = {}
+    for i in range(4):  # three consistent wins, one pair that flips with the order
+        answers[(f"p{i}", "ab")] = ("ok", "Winner: A")
+        answers[(f"p{i}", "ba")] = ("ok", "Winner: B" if i < 3 else "Winner: A")
+    wr = pw.win_rates(pw.combine(_pairs(4), answers), ["candidate"]).iloc[0]
+    assert wr["consistency_rate"] == 0.75 and wr["judge_signal"] == "ok"
+    assert wr["win_rate"] == pytest.approx(3.5 / 4)
 
 
 def _prefers(who):

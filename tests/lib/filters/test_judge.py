@@ -3,7 +3,14 @@ import json
 import pandas as pd
 import pytest
 
-from distill_assets.lib.filters.judge import RETRY_NUDGE, judge_frame, judge_schema, parse_judge_answer
+from distill_assets.lib.filters.judge import (
+    RETRY_NUDGE,
+    judge_frame,
+    judge_schema,
+    parse_judge_answer,
+    score_distribution,
+    score_signal,
+)
 from distill_assets.lib.tasks import load_tasks
 from resources.llm import LLMResource
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -132,3 +139,24 @@ def test_judge_requests_carry_the_verdict_schema(store):
     assert list(schema["properties"]) == ["accuracy", "helpfulness", "coherence", "overall", "rationale"]
     assert schema["properties"]["overall"]["enum"] == [1, 2, 3, 4, 5]
     assert schema["properties"]["rationale"]["maxLength"] == 32  # scores (~30 tokens) + rationale fit in 48
+
+
+def test_score_distribution_counts_each_score_and_the_unreadable():
+    df = pd.DataFrame({"judge_score": [5.0, 4.0, 4.0, 3.67, 4.5, 2.0, float("nan"), float("nan")],
+                       "judge_status": ["ok"] * 6 + ["unparseable", "error"]})
+    # a mean of sub-scores or a /10 score rounds half up: 3.67 -> 4, 4.5 -> 5
+    assert score_distribution(df) == {"1": 0, "2": 1, "3": 0, "4": 3, "5": 2, "unparseable": 1, "judge_error": 1}
+    empty = score_distribution(df.iloc[0:0])
+    assert set(empty.values()) == {0} and len(empty) == 7
+
+
+@pytest.mark.parametrize("scores,signal", [
+    ([4.0] * 15 + [5.0], "no signal: 94% of rows scored 4"),
+    ([4.0] * 10, "no signal: 100% of rows scored 4"),
+    ([4.0] * 8 + [5.0] * 2, "no signal: score std 0.40 over 10 rows (80% scored 4)"),
+    ([1.0, 2.0, 3.0, 4.0, 5.0] * 2, "ok"),
+    ([2.0] * 5 + [5.0] * 5, "ok"),
+    ([4.0] * 9, "not assessed: only 9 parsed scores (needs 10)"),
+])
+def test_score_signal_flags_a_judge_that_scores_everything_alike(scores, signal):
+    assert score_signal(pd.Series(scores + [float("nan")])) == signal
