@@ -19,7 +19,7 @@ from resources.store import DuckDBStore
     partitions_def=CATEGORY,
     group_name="filtering",
     kinds={"python", "duckdb"},
-    code_version="verified-v1",
+    code_version="verified-v2",
     metadata={"partition_expr": "category"},
 )
 def verified(context: dg.AssetExecutionContext, judged: pd.DataFrame, store: DuckDBStore,
