@@ -30,8 +30,11 @@ UPSTREAM = ["merged_model", "gguf_export", "awq_export", "student_base_model"]
 
 
 class EvalReportConfig(dg.Config):
-    max_new_tokens: int = Field(default=256, ge=1, description="generation budget, the same for every variant")
+    max_new_tokens: int = Field(default=256, ge=1, description="generation budget, the same for every variant; "
+                                                               "a category's own max_tokens caps its items")
     max_examples_per_category: int | None = Field(default=None, ge=1, description="cap (quickstart); None = all")
+    uncapped_categories: list[str] = Field(default_factory=list,
+                                           description="categories evaluated on every held-out item despite the cap")
     judge_max_tokens: int = Field(default=256, ge=8)
     judge_exports: bool = Field(default=True, description="judge each export against the teacher too")
     hardware_usd_per_hour: float = Field(default=0.10, ge=0,
@@ -78,7 +81,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalReportConfig, eva
                 store: DuckDBStore, teacher: LLMResource, judge: LLMResource) -> dg.MaterializeResult:
     tasks = load_tasks()
     categories = {c.name: c for c in tasks.categories}
-    eval_df = pl.select_eval(eval_set, tasks.names, config.max_examples_per_category)
+    eval_df = pl.select_eval(eval_set, tasks.names, config.max_examples_per_category, config.uncapped_categories)
     if eval_df.empty:
         raise dg.Failure("eval_set is empty: materialize eval_set for the task's categories first")
     run_id = context.run.run_id

@@ -153,6 +153,9 @@ class Category(_Strict):
     labels: list[str] | None = None
     constrain_labels: bool = Field(
         default=True, description="label categories: the teacher answers through a schema of the label set")
+    label_order: Literal["fixed", "rotate"] = Field(
+        default="fixed", description="rotate: the teacher's prompt lists the labels in a per-message rotated order, "
+                                     "so a weak teacher's preference for the first-listed label is spread evenly")
     complexity: Complexity = "moderate"
     filters: Filters = Field(default_factory=Filters)
     yield_band: tuple[float, float] = (0.25, 0.50)

@@ -77,6 +77,22 @@ class PeakMemory:
 
 # --- generation backends ------------------------------------------------------------------------------------
 
+def budget(item: dict, default: int) -> int:
+    """An item's answer budget: its category's own `max_tokens` when set, never more than `default`."""
+    own = item.get("max_new_tokens")
+    return min(int(own), default) if own else default
+
+
+def batches_by_budget(items: list[dict], size: int, default: int):
+    """Batches of up to `size` items that share one answer budget (a batch generates to its budget)."""
+    groups: dict[int, list[dict]] = {}
+    for it in items:
+        groups.setdefault(budget(it, default), []).append(it)
+    for _, group in sorted(groups.items()):
+        for b in range(0, len(group), size):
+            yield group[b:b + size]
+
+
 def generate_teacher(complete: Callable, items: list[dict], max_new_tokens: int) -> pd.DataFrame:
     """Greedy teacher answers through an open `teacher.session(...)`'s `complete(requests, category=...)`."""
     rows = []
@@ -84,8 +100,8 @@ def generate_teacher(complete: Callable, items: list[dict], max_new_tokens: int)
     for it in items:
         by_cat.setdefault(it["category"], []).append(it)
     for cat, its in sorted(by_cat.items()):
-        reqs = [ChatRequest(messages=it["messages"], temperature=0.0, max_tokens=max_new_tokens, sample_index=0,
-                            tag=it["example_id"]) for it in its]
+        reqs = [ChatRequest(messages=it["messages"], temperature=0.0, max_tokens=budget(it, max_new_tokens),
+                            sample_index=0, tag=it["example_id"]) for it in its]
         for it, res in zip(its, complete(reqs, cat)):
             rows.append({"example_id": it["example_id"], "variant": TEACHER, "category": cat,
                          "response": res.content if res.ok else None, "latency_s": float(res.latency_s or 0) or None,
@@ -134,7 +150,8 @@ def generate_hf(model_dir: str, items: list[dict], variant: str, max_new_tokens:
             width = int(enc["input_ids"].shape[1])
             t = time.perf_counter()
             with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                out = model.generate(**enc, max_new_tokens=budget(batch[0], max_new_tokens), do_sample=False,
+                                     pad_token_id=pad,
                                      eos_token_id=sorted(eos) or None)
             latency = time.perf_counter() - t
             done = []
@@ -149,8 +166,7 @@ def generate_hf(model_dir: str, items: list[dict], variant: str, max_new_tokens:
                              "finish_reason": "stop" if stop is not None else "length", "error": None})
             return done
 
-        for b in range(0, len(items), batch_size):
-            batch = items[b:b + batch_size]
+        for batch in batches_by_budget(items, batch_size, max_new_tokens):
             try:
                 rows.extend(run_batch(batch))
             except Exception:  # one bad prompt (e.g. over the context) must not lose the batch: one at a time
@@ -178,7 +194,7 @@ def _gguf_worker(path: str, items: list[dict], variant: str, max_new_tokens: int
         try:
             t = time.perf_counter()
             out = llm.create_chat_completion(messages=it["messages"], temperature=0.0, top_k=1, top_p=1.0,
-                                             max_tokens=max_new_tokens, seed=0)
+                                             max_tokens=budget(it, max_new_tokens), seed=0)
             latency = time.perf_counter() - t
             choice = out["choices"][0]
             usage = out.get("usage") or {}

@@ -21,11 +21,14 @@ PAIR_COLUMNS = ["pair_id", "comparison", "candidate", "opponent", "example_id", 
                 "candidate_response", "opponent_response"]
 
 
-def select_eval(eval_df: pd.DataFrame, names: list[str], cap: int | None) -> pd.DataFrame:
+def select_eval(eval_df: pd.DataFrame, names: list[str], cap: int | None,
+                uncapped: list[str] = ()) -> pd.DataFrame:
+    """The eval items of `names`, at most `cap` per category except the `uncapped` ones (all of theirs)."""
     df = eval_df[eval_df["category"].isin(names)].drop_duplicates("eval_id")
     df = df.sort_values(["category", "eval_id"])
     if cap:
-        df = df.groupby("category", group_keys=False).head(cap)
+        capped = df[~df["category"].isin(list(uncapped))].groupby("category", group_keys=False).head(cap)
+        df = pd.concat([capped, df[df["category"].isin(list(uncapped))]]).sort_values(["category", "eval_id"])
     return df.reset_index(drop=True)
 
 

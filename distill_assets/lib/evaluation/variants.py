@@ -50,7 +50,8 @@ def build_items(eval_df: pd.DataFrame, categories: dict[str, Any]) -> list[dict]
         cat = categories[r.category]
         messages = ([{"role": "system", "content": cat.system_prompt}] if cat.system_prompt else [])
         messages.append({"role": "user", "content": r.prompt})
-        items.append({"example_id": r.eval_id, "category": r.category, "messages": messages})
+        items.append({"example_id": r.eval_id, "category": r.category, "messages": messages,
+                      "max_new_tokens": cat.max_tokens})
     return items
 
 

@@ -54,8 +54,14 @@ _LABELS = re.compile(r"^\s*(?:#*\s*(?:rewritten|new|evolved)\s+instruction#*\s*:
 
 # ------------------------------------------------------------------------------------------------------------
 def answer_messages(category: Category, instruction: str, method: str) -> list[dict]:
+    """What the teacher is asked. The student trains on `training_messages`, with the plain system prompt."""
     user = COT_TEMPLATE.format(problem=instruction) if method == "cot" else instruction
-    return [{"role": "system", "content": category.system_prompt}, {"role": "user", "content": user}]
+    system = category.system_prompt
+    if category.verify == "label" and category.labels and category.label_order == "rotate":
+        k = int(content_hash("label_order", instruction), 16) % len(category.labels)
+        order = category.labels[k:] + category.labels[:k]
+        system = f"{system}\nThe possible labels: {', '.join(order)}."
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def label_schema(category: Category) -> dict | None:
