@@ -10,9 +10,10 @@ between two unrelated messages. Two complementary rules (settings in `Category.c
 (b) frequent n-grams: an n-gram found in at least `frequent_ngram_share` of the seeds, or of the eval items (and
     in at least `shared_min_texts` of them), is boilerplate inside the texts and never counts as overlap.
 
-Both are computed from the category's seed file and eval items only, never from the training rows being checked:
-rows that all copied one eval answer must not make that answer "frequent". Words are lib/text.py's
-normalize_words, so the cut lands where the n-gram rules split.
+Callers compute both from the category's seed and eval files (contamination.category_shared_text), never from
+the training rows being checked, whose copies of one eval answer must not make that answer "frequent", nor from
+held-out production failures. Words are lib/text.py's normalize_words, so the cut lands where the n-gram rules
+split.
 """
 
 import math

@@ -133,7 +133,7 @@ class Contamination(_Strict):
     min_ngram_words: int = Field(default=5, ge=1, description="eval texts shorter than n words but at least this "
                                  "long are matched as one whole n-gram; shorter ones only by embedding")
     # text the category's own prompts share (a template) is no evidence that one copied another
-    # (lib/shared_text.py); both rules look at the category's seed file and eval items, never at training rows
+    # (lib/shared_text.py); both rules look at the category's seed and eval files, never at training rows
     strip_shared_affixes: bool = Field(default=True, description="cut the word prefix/suffix that affix_share of "
                                        "the seed and eval prompts share before matching and embedding")
     affix_share: float = Field(default=0.8, gt=0.5, le=1)
