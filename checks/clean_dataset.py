@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from checks.contamination_result import contamination_check_result
-from distill_assets.lib.contamination import Encode, encoder, held_out, training_texts
+from distill_assets.lib.contamination import Encode, category_shared_text, encoder, held_out, training_texts
 from distill_assets.lib.filters.dedup_check import PAIR_COLUMNS, find_duplicates
 from distill_assets.lib.stages import funnel
 from distill_assets.lib.tasks import Category, load_tasks
@@ -76,7 +76,8 @@ def build_clean_contamination_check(partitions_def: dg.PartitionsDefinition | No
                             store: DuckDBStore, embedder: EmbedderResource) -> dg.AssetCheckResult:
         cat = load_tasks().category(context.partition_key)
         return contamination_check_result(training_texts(clean), held_out(eval_set, cat, store), cat.contamination,
-                                          encoder(embedder, store), subject="training rows")
+                                          encoder(embedder, store), subject="training rows",
+                                          shared=category_shared_text(cat))
 
     return clean_contamination
 

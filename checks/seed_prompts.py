@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from checks.contamination_result import contamination_check_result
-from distill_assets.lib.contamination import encoder, held_out, seed_texts
+from distill_assets.lib.contamination import category_shared_text, encoder, held_out, seed_texts
 from distill_assets.lib.tasks import load_tasks
 from resources.embedder import EmbedderResource
 from resources.store import DuckDBStore
@@ -21,6 +21,7 @@ def build_seed_prompts_checks(partitions_def: dg.PartitionsDefinition | None, se
                            store: DuckDBStore, embedder: EmbedderResource) -> dg.AssetCheckResult:
         cat = load_tasks().category(context.partition_key)
         return contamination_check_result(seed_texts(seeds), held_out(eval_set, cat, store), cat.contamination,
-                                          encoder(embedder, store), subject="seed prompts")
+                                          encoder(embedder, store), subject="seed prompts",
+                                          shared=category_shared_text(cat))
 
     return [seed_contamination]

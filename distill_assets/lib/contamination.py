@@ -10,6 +10,10 @@ Text is normalized before n-grams (lib/text.py normalize_words): lower-cased, pu
 whitespace collapsed.
 An eval text shorter than n words (but at least `min_ngram_words`) counts as one whole-text n-gram, so a short
 eval question pasted verbatim is still caught.
+
+Text the category's own prompts share (a template prefix/suffix, n-grams frequent across its seeds or eval items;
+lib/shared_text.py) is cut from the eval side before indexing and from both sides before embedding. Every caller
+(seed check, clean_dataset check, decontaminate stage, intake) passes `category_shared_text`: all ignore the same.
 """
 
 
@@ -23,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from distill_assets.lib.eval_set import build_eval_frame
+from distill_assets.lib.records import load_eval_file, load_seed_file
+from distill_assets.lib.shared_text import NOTHING_SHARED, SharedText, find_shared_text
 from distill_assets.lib.tasks import Category, Contamination
 from distill_assets.lib.text import normalize_words, word_ngrams
 from resources.embedder import EmbedderResource
@@ -100,16 +106,25 @@ class NgramIndex:
         return {k: sorted(v) for k, v in out.items()}
 
 
-def build_index(evalset: pd.DataFrame, n: int, fields: Iterable[str], min_words: int) -> NgramIndex:
+def build_index(evalset: pd.DataFrame, n: int, fields: Iterable[str], min_words: int,
+                shared: SharedText = NOTHING_SHARED) -> NgramIndex:
+    """Eval n-grams, without the category's shared template and frequent n-grams. Training texts are matched
+    unstripped: the index holds no template words, so a template alone can never match."""
     idx = NgramIndex(n=n)
+    ignored = shared.ignored(n)
     for eid, row in zip(evalset["eval_id"].astype(str), evalset.to_dict("records")):
         for f in fields:
             words = normalize_words(row.get(f))
-            if len(words) >= n:
-                for g in word_ngrams(words, n):
-                    idx.grams[g].add((eid, f))
-            elif len(words) >= min_words:
-                idx.whole.setdefault(len(words), defaultdict(set))[" ".join(words)].add((eid, f))
+            body = shared.strip_words(words)
+            if len(body) >= n:
+                for g in word_ngrams(body, n):
+                    if g not in ignored:
+                        idx.grams[g].add((eid, f))
+                continue
+            if len(body) < min_words and body and len(body) < len(words) and len(words) >= min_words:
+                body = words  # too short a message after its template: only a verbatim copy, template and all
+            if len(body) >= min_words:
+                idx.whole.setdefault(len(body), defaultdict(set))[" ".join(body)].add((eid, f))
     return idx
 
 
@@ -132,26 +147,30 @@ def cosine_pairs(a: np.ndarray, b: np.ndarray, threshold: float, block: int = 40
 
 
 def find_contamination(train: pd.DataFrame, evalset: pd.DataFrame, cfg: Contamination,
-                       encode: Encode | None) -> pd.DataFrame:
+                       encode: Encode | None, shared: SharedText | None = None) -> pd.DataFrame:
     """Every (training row, eval item, rule) hit with its evidence; `train` has example_id, instruction, response.
 
     `encode` (texts -> normalized vectors) drives the embedding rule and the cosine reported for n-gram hits;
-    None skips both (pure n-gram use)."""
+    None skips both (pure n-gram use). `shared`: what the category's texts share (`category_shared_text`);
+    None computes it from the eval items alone."""
     if train.empty or evalset.empty:
         return pd.DataFrame(columns=MATCH_COLUMNS)
+    if shared is None:
+        shared = find_shared_text(None, evalset, cfg)
     long_rule, short_rule, embed_rule = rule_names(cfg)
     rows: list[dict[str, Any]] = []
     for rule, n, fields in [(long_rule, cfg.ngram_long, cfg.long_eval_fields),
                             (short_rule, cfg.ngram_short, cfg.short_eval_fields)]:
-        idx = build_index(evalset, n, fields, cfg.min_ngram_words)
+        idx = build_index(evalset, n, fields, cfg.min_ngram_words, shared)
         for tf in ("instruction", "response"):
             for ex_id, text in zip(train["example_id"], train[tf]):
                 for (eid, ef), grams in idx.matches(text).items():
                     rows.append({"example_id": ex_id, "eval_id": eid, "rule": rule, "train_field": tf,
                                  "eval_field": ef, "ngrams": grams[:10], "n_ngrams": len(grams), "cosine": None})
     if encode is not None:
-        t_vec = encode(train["instruction"].tolist())
-        e_vec = encode(evalset["prompt"].fillna("").astype(str).tolist())
+        # the messages, not the template: two templated prompts are near-identical whatever they ask
+        t_vec = encode([shared.strip_text(t) for t in train["instruction"]])
+        e_vec = encode([shared.strip_text(t) for t in evalset["prompt"].fillna("").astype(str)])
         eval_ids = evalset["eval_id"].astype(str).tolist()
         ex_ids = train["example_id"].tolist()
         for i, j, cos in cosine_pairs(t_vec, e_vec, cfg.embed_threshold):
@@ -190,6 +209,14 @@ def held_out(eval_set: pd.DataFrame, category: Category, store: DuckDBStore) -> 
     if not eval_set.empty:
         return eval_set
     return build_eval_frame(category, store)
+
+
+def category_shared_text(category: Category) -> SharedText:
+    """What the category's seed and eval files share: the one input of every contamination caller (checks,
+    decontaminate stage, intake), so all ignore exactly the same text. The task files only: held-out production
+    failures (one problem reported many times) must not become "boilerplate" that hides a copy of them."""
+    return find_shared_text(load_seed_file(category.seeds, category), load_eval_file(category.eval, category),
+                            category.contamination)
 
 
 def encoder(embedder: EmbedderResource, store: DuckDBStore) -> Encode:

@@ -137,6 +137,16 @@ class Contamination(_Strict):
     short_eval_fields: list[Literal["prompt", "reference_response"]] = Field(default_factory=lambda: ["prompt"])
     min_ngram_words: int = Field(default=5, ge=1, description="eval texts shorter than n words but at least this "
                                  "long are matched as one whole n-gram; shorter ones only by embedding")
+    # text the category's own prompts share (a template) is no evidence that one copied another
+    # (lib/shared_text.py); both rules look at the category's seed and eval files, never at training rows
+    strip_shared_affixes: bool = Field(default=True, description="cut the word prefix/suffix that affix_share of "
+                                       "the seed and eval prompts share before matching and embedding")
+    affix_share: float = Field(default=0.8, gt=0.5, le=1)
+    ignore_frequent_ngrams: bool = Field(default=True, description="n-grams in frequent_ngram_share of the seeds, "
+                                         "or of the eval items, never count as overlap")
+    frequent_ngram_share: float = Field(default=0.2, gt=0, le=1)
+    shared_min_texts: int = Field(default=5, ge=2, description="an affix or n-gram must be shared by at least "
+                                  "this many texts, whatever the share")
 
 
 class Category(_Strict):

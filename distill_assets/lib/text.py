@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 PUNCTUATION = re.compile(r"[^\w\s]|_", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)  # what PUNCTUATION and whitespace leave: one word each
 _SPACES = re.compile(r"\s+")
 
 
@@ -50,3 +51,14 @@ def normalize_words(text: Any) -> list[str]:
 
 def word_ngrams(words: list[str], n: int) -> set[str]:
     return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def word_spans(text: Any) -> list[tuple[str, int, int]]:
+    """normalize_words with where each word sits in `text`: (word, start, end). Used to cut a shared template
+    off the original text (what gets embedded) at the same word the n-gram rules cut it."""
+    if _missing(text):
+        return []
+    text = str(text)
+    lowered = text.lower()  # in context: a final sigma lower-cases differently from the same letter alone
+    source = lowered if len(lowered) == len(text) else text
+    return [(w, m.start(), m.end()) for m in _WORD.finditer(text) for w in normalize_words(source[m.start():m.end()])]

@@ -10,7 +10,7 @@ from checks.tables import build_schema_check
 from distill_assets.defs.eval_set import eval_set
 from distill_assets.defs.partitions import CATEGORY
 from distill_assets.defs.resources import embedded_embedder
-from distill_assets.lib.contamination import seed_texts, training_texts
+from distill_assets.lib.contamination import category_shared_text, seed_texts, training_texts
 from distill_assets.lib.filters.decontaminate import decontaminate
 from distill_assets.lib.ledger import open_store
 from resources.io_manager import DistillDuckDBIOManager
@@ -89,8 +89,56 @@ def test_demo_seeds_are_not_contaminated(embedder):
     for name in ["support", "math", "code", "classify"]:
         c = category(name)
         r = contamination_check_result(seed_texts(seeds(name)), eval_frame(name), c.contamination, embedder.encode,
-                                       subject="seed prompts")
+                                       subject="seed prompts", shared=category_shared_text(c))
         assert r.passed, (name, r.description, r.metadata["pairs"].value)
+        ignored = r.metadata["ignored_shared_text"].value
+        assert ignored["computed_from"] == {"seeds": len(seeds(name)), "eval_items": len(eval_frame(name))}
+        if name == "classify":  # 75 seeds and 50 eval items in one template
+            assert ignored["prefix"] == "classify the intent of this message"
+            assert "ignoring the category's shared prefix 'classify the intent of this message'" in r.description
+        if name in ("support", "math"):
+            assert (ignored["prefix"], ignored["suffix"], ignored["ignored_ngrams"]) == ("", "", {})
+
+
+TEMPLATE = "Classify the intent of this message: "
+
+
+def test_templated_paraphrase_is_still_caught_by_the_embedding_rule(embedder):
+    """The embedded text is the message after the template: a paraphrase of it stays within the threshold."""
+    c = category("classify")
+    ev = eval_frame("classify")
+    target = eval_frame().iloc[0]["prompt"]
+    ev = pd.concat([ev, pd.DataFrame([{**ev.iloc[0].to_dict(), "eval_id": "e_loyalty", "prompt": TEMPLATE + target}])],
+                   ignore_index=True)
+    train = training_texts(clean_rows([(TEMPLATE + PARAPHRASE, "billing")], "classify"))
+    r = contamination_check_result(train, ev, c.contamination, embedder.encode, shared=category_shared_text(c))
+    assert r.metadata["rows_by_rule"].value == {"contaminated_13gram": 0, "contaminated_8gram": 0,
+                                                "contaminated_embedding": 1}
+    [hit] = r.metadata["evidence"].value
+    vec = embedder.encode([target, PARAPHRASE])
+    assert hit["eval_id"] == "e_loyalty" and hit["cosine"] == pytest.approx(float(vec[0] @ vec[1]), abs=1e-3)
+
+
+def test_decontaminate_and_check_agree_on_a_templated_category():
+    """The stage drops the real overlap after the template, keeps template-only overlap, and the check passes."""
+    c = category("classify")
+    ev = eval_frame("classify")
+    copied = ev.iloc[7]["prompt"]  # "STOP charging my card. I cancelled order 61982 ..."
+    pairs = [(TEMPLATE + "Can you ship the blue kettle to a PO box in Alaska?", "shipping"),
+             (TEMPLATE + "Is there a size guide for the trail running shoes?", "product_question"),
+             (TEMPLATE + "Your app keeps forgetting my saved cards after each update.", "technical"),
+             (TEMPLATE + "Please help: " + copied.removeprefix(TEMPLATE), "billing")]
+    stage_in = training_texts(clean_rows(pairs, "classify"))
+    out = decontaminate(stage_in, ev, c, hash_encode)
+    assert out["keep"].tolist() == [True, True, True, False]
+    assert out["reason"].iloc[3] == "contaminated_13gram"
+    raw = contamination_check_result(stage_in, ev, c.contamination.model_copy(
+        update={"strip_shared_affixes": False, "ignore_frequent_ngrams": False}), None)
+    assert raw.metadata["contaminated_rows"].value == 4  # without the rules every row "overlaps"
+    r = contamination_check_result(out[out["keep"]], ev, c.contamination, hash_encode,
+                                   shared=category_shared_text(c))
+    assert r.passed, r.description
+    assert r.metadata["ignored_shared_text"].value["prefix"] == "classify the intent of this message"
 
 
 def test_seed_pasted_from_eval_fails():

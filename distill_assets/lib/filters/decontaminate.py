@@ -8,16 +8,21 @@ check on `clean_dataset` passes afterwards for the same reasons it would have fa
 
 import pandas as pd
 
-from distill_assets.lib.contamination import find_contamination, flag_rows, training_texts
+from distill_assets.lib.contamination import category_shared_text, find_contamination, flag_rows, training_texts
+from distill_assets.lib.shared_text import SharedText
 from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category
 
 
-def decontaminate(df: pd.DataFrame, eval_set: pd.DataFrame, category: Category, encode) -> pd.DataFrame:
-    """The annotated stage frame: rows matching any eval item by any rule are dropped with their evidence."""
+def decontaminate(df: pd.DataFrame, eval_set: pd.DataFrame, category: Category, encode,
+                  shared: SharedText | None = None) -> pd.DataFrame:
+    """The annotated stage frame: rows matching any eval item by any rule are dropped with their evidence.
+    `shared` (default: `category_shared_text`) is what the category's own texts share, ignored as the check does."""
     if df.empty:
         return annotate(df, [], [], [])
+    if shared is None:
+        shared = category_shared_text(category)
     texts = training_texts(df)
-    matches = find_contamination(texts, eval_set, category.contamination, encode)
+    matches = find_contamination(texts, eval_set, category.contamination, encode, shared)
     flags = flag_rows(texts, matches, category.contamination)
     return annotate(df, ~flags["contaminated"].to_numpy(), flags["reason"].tolist(), flags["evidence"].tolist())

@@ -15,6 +15,7 @@ from distill_assets.lib.contamination import build_index
 from distill_assets.lib.ids import content_hash
 from distill_assets.lib.production import HELD_OUT, HELDOUT_SPLIT, PENDING, TRAIN_SPLIT
 from distill_assets.lib.records import load_eval_file, load_seed_file
+from distill_assets.lib.shared_text import SharedText, find_shared_text
 from distill_assets.lib.tasks import Category, TaskFile
 
 
@@ -39,10 +40,11 @@ def _set_side(new: pd.DataFrame, idx, split: str) -> None:
     new.at[idx, "status"] = HELD_OUT if split == HELDOUT_SPLIT else PENDING
 
 
-def _overlap_pairs(rows: pd.DataFrame, anchors: pd.DataFrame, cfg) -> set[tuple[int, int]]:
+def _overlap_pairs(rows: pd.DataFrame, anchors: pd.DataFrame, cfg, shared: SharedText) -> set[tuple[int, int]]:
     """(i, j): row i of `rows` and row j of `anchors` would trip the seed contamination check's n-gram rules
     if one of them were a seed and the other an eval row, in either role. Texts are the prompt and the
-    expected answer (a failure's seed and eval row both carry them: prompt and reference_response)."""
+    expected answer (a failure's seed and eval row both carry them: prompt and reference_response); the
+    category's shared template and frequent n-grams are ignored, as the check ignores them."""
     def frame(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"eval_id": [str(k) for k in range(len(df))],
                              "prompt": df["prompt"].fillna("").astype(str).to_numpy(),
@@ -52,7 +54,7 @@ def _overlap_pairs(rows: pd.DataFrame, anchors: pd.DataFrame, cfg) -> set[tuple[
         """(query row, eval row) pairs the check's rules match with `queries` as the training side."""
         out: set[tuple[int, int]] = set()
         for n, fields in ((cfg.ngram_long, cfg.long_eval_fields), (cfg.ngram_short, cfg.short_eval_fields)):
-            idx = build_index(evals, n, fields, cfg.min_ngram_words)
+            idx = build_index(evals, n, fields, cfg.min_ngram_words, shared)
             for q, (p, r) in enumerate(zip(queries["prompt"], queries["reference_response"])):
                 for text in (p, r):
                     out.update((q, int(e)) for e, _ in idx.matches(text))
@@ -71,14 +73,14 @@ def _split_anchors(conn, category: Category) -> pd.DataFrame:
         "SELECT input, expected, split FROM production_failures WHERE category = ? ORDER BY ingest_seq",
         [category.name]).df()
     parts = [pd.DataFrame({"prompt": stored["input"], "reference_response": stored["expected"],
-                           "split": stored["split"]})]
+                           "split": stored["split"], "source": "failure"})]
     for load, side in ((load_eval_file, HELDOUT_SPLIT), (load_seed_file, TRAIN_SPLIT)):
         try:
             df = load(category.eval if side == HELDOUT_SPLIT else category.seeds, category)
         except Exception:  # a broken task file is reported by its own assets; the split still holds
             continue
         parts.append(pd.DataFrame({"prompt": df["prompt"], "reference_response": df["reference_response"],
-                                   "split": side}))
+                                   "split": side, "source": "eval" if side == HELDOUT_SPLIT else "seed"}))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -106,11 +108,13 @@ def assign_splits(conn, new: pd.DataFrame, tasks: TaskFile) -> None:
         anchors = _split_anchors(conn, tasks.category(cat))
         rows = pd.DataFrame({"prompt": group["input"].to_numpy(), "reference_response": group["expected"].to_numpy()})
         cfg = tasks.category(cat).contamination
+        # what the checks ignore (contamination.category_shared_text), from the task files read above
+        shared = find_shared_text(anchors[anchors["source"] == "seed"], anchors[anchors["source"] == "eval"], cfg)
         anchor_sides: dict[int, set[str]] = {}
-        for i, j in _overlap_pairs(rows, anchors, cfg):
+        for i, j in _overlap_pairs(rows, anchors, cfg, shared):
             anchor_sides.setdefault(i, set()).add(anchors.at[j, "split"])
         peers: dict[int, set[int]] = {}
-        for i, j in _overlap_pairs(rows, rows, cfg):
+        for i, j in _overlap_pairs(rows, rows, cfg, shared):
             if i != j:
                 peers.setdefault(i, set()).add(j)
                 peers.setdefault(j, set()).add(i)

@@ -156,3 +156,18 @@ def test_a_stored_prompt_keeps_its_split_for_later_failures(store):
     df = state.list_failures(store)
     assert set(df["split"]) == {flipped}
     assert set(df["status"]) == {"held_out" if flipped == "heldout" else "pending"}
+
+
+def test_templated_failures_are_split_by_their_hash_not_pulled_to_one_side_by_the_template(store):
+    """Classify failures in the category's template share "classify the intent of this message <opening>" with
+    eval items and seeds; that is no overlap, so each failure's own hash decides its side."""
+    frac = load_tasks().category("classify").heldout_failure_fraction
+    openings = ["Is there", "Can you", "Does the", "Your app", "How do I", "I'd like", "Do you", "My account"]
+    prompts = [f"Classify the intent of this message: {openings[i % len(openings)]} order {5000 + i} "
+               f"item {chr(65 + i % 26)}{i} question {i}?" for i in range(40)]
+    intake.add_failures(store, [{"category": "classify", "input": p, "bad_output": "other", "expected": "billing"}
+                                for p in prompts])
+    df = state.list_failures(store, category="classify")
+    held = set(df.loc[df["split"] == "heldout", "input"])
+    assert held == {p for p in prompts if split.is_held_out(split.split_key("classify", p), frac)}
+    assert 0 < len(held) < len(prompts)
