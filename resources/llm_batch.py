@@ -167,8 +167,8 @@ class _BatchRun:
         return [results[k] for k in keys]
 
     def _follow_all(self, jobs: list, by_key: dict, estimates: dict, results: dict) -> list[str]:
-        """Submit and poll every job at once (daemon threads: an interrupted run exits without waiting for
-        them); collect each as it ends. Returns the keys to retry online."""
+        """Submit and poll every job at once (daemon threads: a failed or interrupted run exits without waiting
+        for them); collect each as it ends. Returns the keys to retry online."""
         done: queue.Queue = queue.Queue()
 
         def follow(reqs: list[BatchRequest], resume_id: str | None) -> None:
@@ -184,22 +184,16 @@ class _BatchRun:
         for reqs, resume_id in jobs:
             threading.Thread(target=follow, args=(reqs, resume_id), daemon=True, name="distill-batch").start()
         retry: list[str] = []
-        failure: BaseException | None = None
         try:
             for _ in jobs:
                 outcome = done.get()
+                if isinstance(outcome, BatchError):
+                    raise self._error(outcome) from None
                 if isinstance(outcome, BaseException):
-                    failure = failure or outcome
-                    self.stop.set()  # the others stop polling; their jobs stay open for a rerun
-                elif not isinstance(outcome, BatchOutcome):
-                    raise TypeError(outcome)
-                else:
-                    retry += self._collect(outcome, by_key, estimates, results)
-        except BaseException:
-            self.stop.set()
-            raise
-        if failure is not None and not isinstance(failure, _Stopped):
-            raise self._error(failure) if isinstance(failure, BatchError) else failure
+                    raise outcome
+                retry += self._collect(outcome, by_key, estimates, results)
+        finally:
+            self.stop.set()  # jobs still polling stop; they stay open in teacher_batches and a rerun resumes them
         return list(dict.fromkeys(k for k in retry if k not in results))
 
     def _collect(self, outcome: BatchOutcome, by_key: dict, estimates: dict, results: dict) -> list[str]:
