@@ -238,10 +238,10 @@ class LLMSession:
             raise ValueError(f"{self.cfg.role}: mode {mode!r} must be online or batch")
         if mode == "batch" and (self.engine is not None or self.cfg.embedded):
             where = "the in-process vLLM engine" if self.engine is not None else "the embedded llama.cpp server"
+            prefix = self.cfg.env_prefix or self.cfg.role.upper()
             raise ValueError(f"{self.cfg.role}: batch mode needs an endpoint with the OpenAI Batch API "
-                             f"({self.cfg.env_prefix or self.cfg.role.upper()}_BASE_URL, e.g. "
-                             f"https://api.openai.com/v1); {where} has none. Use {self.cfg.env_prefix or 'TEACHER'}"
-                             "_MODE=online or generation.mode: online")
+                             f"({prefix}_BASE_URL, e.g. https://api.openai.com/v1); {where} has none. Set "
+                             f"{prefix}_MODE=online (or generation.mode: online in the task file)")
         return mode
 
     def _run_engine(self, requests: list[ChatRequest], category: str | None,
