@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["BatchRequest", "BatchItemResult", "BatchOutcome", "BatchClient", "BatchError", "BatchAuthError",
-           "BatchTimeout", "write_jsonl", "split_for_limits", "redact_url", "progress_report",
+           "BatchTimeout", "write_jsonl", "split_for_limits", "redact_url", "progress_report", "read_results",
            "TERMINAL_STATUSES"]
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -328,6 +328,16 @@ class BatchClient:
         # Lines for ids the caller did not pass (a resumed batch, another run) are kept, never dropped.
         missing += sorted(c for c in not_run if c not in results and c not in ids)
         return BatchOutcome(batch["id"], batch.get("status", "unknown"), results, missing, errors, batch)
+
+
+def read_results(raw: bytes, source: str) -> tuple[dict[str, BatchItemResult], set[str], list[str]]:
+    """A batch output (or error) file, from the Batch API or `vllm run-batch`: results by custom_id, the ids that
+    never ran, and unreadable lines (each naming `source` and its line)."""
+    results: dict[str, BatchItemResult] = {}
+    not_run: set[str] = set()
+    errors: list[str] = []
+    _parse_results(raw, source, results, not_run, errors)
+    return results, not_run, errors
 
 
 def _parse_results(raw: bytes, file_id: str, results: dict, not_run: set, errors: list) -> None:

@@ -169,6 +169,13 @@ class SharedBudget:
             self.inflight_usd = max(0.0, self.inflight_usd - est_usd)
             self.inflight_tokens = max(0, self.inflight_tokens - est_tokens)
 
+    def heartbeat(self) -> None:
+        """Re-date this session's reservation: a batch job can be polled for hours, longer than STALE_AFTER."""
+        if not self.active:
+            return
+        with self._lock, self.store.connect() as conn:
+            self._write(conn)
+
     def close(self) -> None:
         if not self.active:
             return

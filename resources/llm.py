@@ -64,6 +64,17 @@ class LLMResource(dg.ConfigurableResource):
     embedded_model_path: str | None = Field(default=None, description="GGUF served when base_url is unset")
     embedded_n_ctx: int = 2048
     embedded_threads: int | None = None
+    mode: Literal["online", "batch"] = Field(
+        default="online", description="online: concurrent HTTP calls; batch: each complete() is one OpenAI Batch "
+                                      "API job (results within 24 h, at the batch price)")
+    batch_discount: float = Field(default=0.5, gt=0, le=1,
+                                  description="batch price = online price x this (OpenAI: half price)")
+    batch_poll_interval_s: float = Field(default=10.0, gt=0, description="first wait between batch status polls")
+    batch_max_poll_interval_s: float = Field(default=300.0, gt=0, description="the wait grows 1.5x up to this")
+    batch_max_wait_s: float | None = Field(default=None, gt=0, description="stop polling after this (the batch "
+                                           "keeps running; a rerun resumes it); None: until it ends")
+    batch_max_requests: int = Field(default=50_000, ge=1, description="requests per batch job (OpenAI's limit)")
+    batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="input file bytes per batch job")
     structured_output: Literal["auto", "json_schema", "json_object", "off"] = Field(
         default="auto", description="wire form of JSON-schema answers: auto = json_object for the embedded "
                                     "llama.cpp server, json_schema (OpenAI form) otherwise; off = plain prompts")
@@ -86,6 +97,8 @@ class LLMResource(dg.ConfigurableResource):
             "base_url": redact_url(self.base_url) if self.base_url else "(embedded)",
             "model": self.model or llama_server.EMBEDDED_ALIAS,
             "max_concurrency": self.max_concurrency,
+            "mode": self.mode,
+            "batch_discount": self.batch_discount,
             "price_prompt_per_1m": self.price_prompt_per_1m,
             "price_completion_per_1m": self.price_completion_per_1m,
         }
@@ -100,8 +113,9 @@ class LLMResource(dg.ConfigurableResource):
         pairs = (("OpenAI-Organization", self.organization), ("OpenAI-Project", self.project))
         return {k: v for k, v in pairs if v}
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_prompt_per_1m + completion_tokens * self.price_completion_per_1m) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
+        usd = (prompt_tokens * self.price_prompt_per_1m + completion_tokens * self.price_completion_per_1m) / 1e6
+        return usd * self.batch_discount if batch else usd
 
     @contextmanager
     def session(self, store: DuckDBStore, *, run_id: str = "", logger: Any = None) -> Iterator[LLMSession]:

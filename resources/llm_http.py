@@ -8,15 +8,57 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from resources.llm_types import (
+    OK,
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
     ChatResult,
 )
 from resources.store import utcnow
+
+
+@dataclass
+class Completion:
+    """What one chat.completion body says, read the same way for online answers and Batch API result lines."""
+
+    status: str  # ok | empty | malformed
+    content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def billed(self) -> bool:
+        """The server reported usage for it: an empty answer is paid for, a malformed one cannot be counted."""
+        return self.status != "malformed"
+
+
+def parse_completion(body: bytes | str | dict) -> Completion:
+    """Status, content and usage of a chat.completion (raw bytes from the wire or an already-parsed dict)."""
+    try:
+        if not isinstance(body, dict):
+            body = json.loads(body)
+        choice = body["choices"][0]
+        content = choice["message"].get("content")
+        usage = body.get("usage") or {}
+        finish = choice.get("finish_reason")
+        pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        return Completion("malformed", error=f"malformed response: {type(e).__name__}: {e}"[:300])
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    if not isinstance(content, str) or not content.strip():
+        return Completion("empty", None, finish, pt, ct, model, "empty content")
+    return Completion(OK, content, finish, pt, ct, model)
 
 
 def _status_message(code: int, raw: bytes) -> str:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from resources.batch import redact_url
 from resources.budget import SharedBudget
-from resources.llm_http import _ChatHTTP, _Progress, _retry_after, _run_async
+from resources.llm_batch import run_batch
+from resources.llm_http import Completion, _ChatHTTP, _Progress, _retry_after, _run_async, parse_completion
 from resources.llm_journal import (
     LEDGER_COLUMNS,
     _Journal,
@@ -73,17 +74,20 @@ class LLMSession:
         self.stats = {"cached": 0, "ok": 0, "failed": 0, "retries": 0}
 
     # ledger ------------------------------------------------------------------------------------------------
-    def _record(self, result: ChatResult, request: ChatRequest, category: str | None,
+    def _record(self, result: ChatResult, request: ChatRequest | None, category: str | None,
                 defer_flush: bool = False, estimate: tuple[float, int] | None = None) -> bool:
-        """Journal one result; returns True when a deferred flush is due (the caller runs it off-loop)."""
+        """Journal one result; returns True when a deferred flush is due (the caller runs it off-loop).
+        `request` is None only for a batch answer whose request this run no longer makes (its text stays in the
+        batch input file)."""
         row = {
             "call_key": result.call_key, "model": result.model, "role": self.cfg.role, "status": result.status,
             "response": result.content, "finish_reason": result.finish_reason,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "cost_usd": result.cost_usd, "latency_s": result.latency_s, "attempts": result.attempts,
             "error": result.error, "category": category, "run_id": self.run_id,
-            "request_json": json.dumps({"messages": request.messages, **self.params(request),
-                                        "sample_index": request.sample_index}, ensure_ascii=False),
+            "request_json": None if request is None else json.dumps(
+                {"messages": request.messages, **self.params(request), "sample_index": request.sample_index},
+                ensure_ascii=False),
             "created_at": utcnow().isoformat(), "budget_scope": self.budget.scope,
         }
         with self._swap:
@@ -155,11 +159,11 @@ class LLMSession:
         return {r["call_key"]: r for r in hits.to_dict("records")}
 
     # budget --------------------------------------------------------------------------------------------------
-    def _reserve(self, request: ChatRequest) -> tuple[float, int] | None:
+    def _reserve(self, request: ChatRequest, batch: bool = False) -> tuple[float, int] | None:
         """An upper estimate of the call's cost, reserved in the shared budget; None when the cap is reached."""
         est_prompt = sum(len(str(m.get("content", ""))) for m in request.messages) // 3 + 8
         est_tokens = est_prompt + request.max_tokens
-        est_cost = self.cfg.cost(est_prompt, request.max_tokens)
+        est_cost = self.cfg.cost(est_prompt, request.max_tokens, batch=batch)
         if not self.budget.reserve(est_cost, est_tokens):
             self.budget_hit = self.budget.exhausted
             return None
@@ -169,13 +173,20 @@ class LLMSession:
     def params(self, request: ChatRequest) -> dict:
         return request.params(self.cfg.structured_output_form)
 
+    def body(self, request: ChatRequest) -> dict:
+        """The /v1/chat/completions request body, online and in a batch input file alike."""
+        return {"model": self.model, "messages": request.messages, **self.params(request)}
+
     def key(self, request: ChatRequest) -> str:
         # keyed on what is sent: the same judge prompt with and without a schema are different calls
         return call_key(self.model, request.messages, self.params(request), request.sample_index)
 
     def complete(self, requests: list[ChatRequest], *, category: str | None = None, label: str = "calls",
-                 progress: Callable[[int, int, dict], None] | None = None) -> list[ChatResult]:
-        """Run all requests; results come back in request order. Cached `ok` keys are never re-sent."""
+                 progress: Callable[[int, int, dict], None] | None = None,
+                 mode: str | None = None) -> list[ChatResult]:
+        """Run all requests; results come back in request order. Cached `ok` keys are never re-sent.
+        `mode`: online (concurrent HTTP calls) or batch (one Batch API job, see llm_batch); None: the resource's."""
+        mode = self._check_mode(mode)
         keys = [self.key(r) for r in requests]
         hits = self.cached(list(dict.fromkeys(keys)))
         results: list[ChatResult | None] = [None] * len(requests)
@@ -203,6 +214,9 @@ class LLMSession:
         if unique:
             if self.engine is not None:
                 done = self._run_engine([requests[i] for i in unique], category, tracker)
+            elif mode == "batch":
+                done = run_batch(self, [requests[i] for i in unique], [keys[i] for i in unique], tracker,
+                                 category, label)
             else:
                 done = _run_async(self._run_openai([requests[i] for i in unique], [keys[i] for i in unique],
                                                    tracker, category))
@@ -217,6 +231,18 @@ class LLMSession:
         self.flush()
         tracker.finish()
         return results  # type: ignore[return-value]
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or self.cfg.mode
+        if mode not in ("online", "batch"):
+            raise ValueError(f"{self.cfg.role}: mode {mode!r} must be online or batch")
+        if mode == "batch" and (self.engine is not None or self.cfg.embedded):
+            where = "the in-process vLLM engine" if self.engine is not None else "the embedded llama.cpp server"
+            prefix = self.cfg.env_prefix or self.cfg.role.upper()
+            raise ValueError(f"{self.cfg.role}: batch mode needs an endpoint with the OpenAI Batch API "
+                             f"({prefix}_BASE_URL, e.g. https://api.openai.com/v1); {where} has none. Set "
+                             f"{prefix}_MODE=online (or generation.mode: online in the task file)")
+        return mode
 
     def _run_engine(self, requests: list[ChatRequest], category: str | None,
                     tracker: _Progress) -> list[ChatResult]:
@@ -268,11 +294,10 @@ class LLMSession:
         return results  # type: ignore[return-value]
 
     async def _call_with_retries(self, http: _ChatHTTP, req: ChatRequest, key: str) -> ChatResult:
-        params = self.params(req)
         reservation = self._reserve(req)
         if reservation is None:
             return ChatResult(key, self.model, "budget_exceeded", error=self.budget_hit)
-        payload = json.dumps({"model": self.model, "messages": req.messages, **params}).encode()
+        payload = json.dumps(self.body(req)).encode()
         attempts, last_error, last_status = 0, None, "error"
         started = time.monotonic()
         for attempt in range(self.cfg.max_retries + 1):
@@ -281,27 +306,10 @@ class LLMSession:
             t0 = time.monotonic()
             try:
                 raw = await http.post(payload)
-                latency = time.monotonic() - t0
-                try:
-                    body = json.loads(raw)
-                    choice = body["choices"][0]
-                    content = choice["message"].get("content")
-                    usage = body.get("usage") or {}
-                    finish = choice.get("finish_reason")
-                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                    last_status, last_error = "malformed", f"malformed response: {type(e).__name__}: {e}"[:300]
-                else:
-                    pt = int(usage.get("prompt_tokens") or 0)
-                    ct = int(usage.get("completion_tokens") or 0)
-                    cost = self.cfg.cost(pt, ct)
-                    self.spent_usd += cost
-                    self.spent_tokens += pt + ct
-                    if not isinstance(content, str) or not content.strip():
-                        last_status, last_error = "empty", "empty content"
-                    else:
-                        self.stats["ok"] += 1
-                        return ChatResult(key, body.get("model") or self.model, OK, content, finish, pt, ct,
-                                          latency, cost, attempts, reserved=reservation)
+                res = self._result(key, parse_completion(raw), time.monotonic() - t0, attempts, reservation)
+                if res.ok:
+                    return res
+                last_status, last_error = res.status, res.error
             except APIStatusError as e:
                 code = e.status_code
                 last_status, last_error = "error", f"HTTP {code}: {str(e)[:200]}"
@@ -323,6 +331,19 @@ class LLMSession:
         self.stats["failed"] += 1
         return ChatResult(key, self.model, last_status, None, None, 0, 0, time.monotonic() - started, 0.0,
                           attempts, f"gave up after {attempts} attempt(s): {last_error}", reserved=reservation)
+
+    def _result(self, key: str, answer: Completion, latency: float, attempts: int,
+                reserved: tuple[float, int] | None, batch: bool = False) -> ChatResult:
+        """One parsed answer as a result, its billed tokens counted (at the batch price for a batch line)."""
+        cost = self.cfg.cost(answer.prompt_tokens, answer.completion_tokens, batch=batch) if answer.billed else 0.0
+        self.spent_usd += cost
+        self.spent_tokens += answer.prompt_tokens + answer.completion_tokens
+        if not answer.ok:
+            return ChatResult(key, self.model, answer.status, None, None, 0, 0, latency, 0.0, attempts, answer.error,
+                              reserved=reserved)
+        self.stats["ok"] += 1
+        return ChatResult(key, answer.model or self.model, OK, answer.content, answer.finish_reason,
+                          answer.prompt_tokens, answer.completion_tokens, latency, cost, attempts, reserved=reserved)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

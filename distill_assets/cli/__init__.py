@@ -7,6 +7,8 @@
     distill lineage why|from EXAMPLE_ID      why an example was kept or dropped / where it came from
     distill failures add FILE | list         report production failures / list them
     distill report open                      the latest HTML eval report
+    distill batch export-requests CAT FILE   a generation phase as a batch file, for `vllm run-batch`
+    distill batch import-results REQ RES     the runner's answers into teacher_calls
 
 This module parses arguments only: the command modules (`commands.py`, `backfill.py`) import Dagster and the
 resources, and are loaded after parsing, so `--help` is instant. Bad input (unknown category, asset or id,
@@ -121,6 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     ro = rsub.add_parser("open", parents=[common], help="print (and with --browser open) the latest HTML report")
     ro.add_argument("--browser", action="store_true", help="also open it in the default browser")
     ro.set_defaults(fn=("commands", "cmd_report_open"))
+
+    bt = sub.add_parser("batch", parents=[common], help="a generation phase through an offline batch runner")
+    bsub = bt.add_subparsers(dest="action", metavar="ACTION", required=True)
+    be = bsub.add_parser("export-requests", parents=[common], help="write a category's pending generation phase "
+                         "as a batch input file", description="Write the first generation phase of CATEGORY with "
+                         "unanswered calls as OpenAI batch JSONL (custom_id = call key), for `vllm run-batch`. "
+                         "Needs seed_prompts materialized and TEACHER_MODEL set to the runner's --model.")
+    be.add_argument("category", metavar="CATEGORY")
+    be.add_argument("file", metavar="FILE")
+    be.set_defaults(fn=("batch", "cmd_export"))
+    bi = bsub.add_parser("import-results", parents=[common], help="record a batch output file in teacher_calls",
+                         description="Record the answers of RESULTS (the runner's output for REQUESTS) in "
+                                     "teacher_calls at the batch price; the next raw_generations run uses them.")
+    bi.add_argument("requests", metavar="REQUESTS")
+    bi.add_argument("results", metavar="RESULTS")
+    bi.add_argument("--category", "-c", help="the category the requests were exported for (for the ledger)")
+    bi.set_defaults(fn=("batch", "cmd_import"))
     return p
 
 

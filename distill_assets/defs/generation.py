@@ -48,7 +48,8 @@ def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFram
         metadata={
             "rows": dg.MetadataValue.int(len(df)),
             "by_method": dg.MetadataValue.json(df["method"].value_counts().to_dict()),
-            "teacher": dg.MetadataValue.json({**teacher.describe(), "model": model}),
+            "teacher": dg.MetadataValue.json({**teacher.describe(), "model": model,
+                                              "mode": category.generation.mode or teacher.mode}),
             "calls": dg.MetadataValue.int(stats.calls),
             "calls_from_cache": dg.MetadataValue.int(stats.cached),
             "calls_failed": dg.MetadataValue.int(stats.failed),

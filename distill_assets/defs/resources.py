@@ -36,6 +36,10 @@ def llm_from_env(prefix: str, role: str, fallback: str | None = None) -> LLMReso
         teacher_url = _base_url_of(fallback)
         if base_url != teacher_url:  # another host never receives the teacher's key
             key_var = None
+    for suffix in ("MODE", "BATCH_DISCOUNT"):
+        var = pick(suffix)[1]
+        if var and fallback and var.startswith(f"{fallback}_") and base_url != _base_url_of(fallback):
+            found.pop(suffix)  # another host is not assumed to serve the Batch API
     kwargs = dict(role=role, base_url=base_url, model=model,
                   api_key=dg.EnvVar(key_var) if key_var else None,
                   embedded_model_path=None if base_url else str(embedded_teacher_gguf()),
@@ -47,6 +51,7 @@ def llm_from_env(prefix: str, role: str, fallback: str | None = None) -> LLMReso
         ("max_budget_usd", "MAX_BUDGET_USD", float), ("max_total_tokens", "MAX_TOTAL_TOKENS", int),
         ("request_timeout_s", "TIMEOUT_S", float), ("max_retries", "MAX_RETRIES", int),
         ("structured_output", "STRUCTURED_OUTPUT", str), ("budget_scope", "BUDGET_SCOPE", str),
+        ("mode", "MODE", str.lower), ("batch_discount", "BATCH_DISCOUNT", float),
     ]:
         v, var = pick(suffix)
         if v is None:

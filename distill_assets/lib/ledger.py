@@ -23,6 +23,14 @@ TABLES: dict[str, str] = {
             finish_reason VARCHAR, prompt_tokens BIGINT, completion_tokens BIGINT, cost_usd DOUBLE,
             latency_s DOUBLE, attempts INTEGER, error VARCHAR, category VARCHAR, run_id VARCHAR,
             request_json VARCHAR, created_at TIMESTAMPTZ, budget_scope VARCHAR)""",
+    # Batch API jobs (resources/llm_batch.py), written before the first poll: a rerun after a kill resumes the open
+    # job that holds its pending call keys instead of buying them twice; completed_at is set once its answers are
+    # in teacher_calls
+    "teacher_batches": """
+        CREATE TABLE IF NOT EXISTS teacher_batches (
+            batch_id VARCHAR PRIMARY KEY, role VARCHAR, model VARCHAR, base_url VARCHAR, category VARCHAR,
+            run_id VARCHAR, input_file_id VARCHAR, call_keys JSON, status VARCHAR, created_at TIMESTAMPTZ,
+            updated_at TIMESTAMPTZ, completed_at TIMESTAMPTZ, counts JSON)""",
     # what live runs have claimed of a spend cap (resources/budget.py); a dead run's row is ignored and swept
     "budget_reservations": """
         CREATE TABLE IF NOT EXISTS budget_reservations (

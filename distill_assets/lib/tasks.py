@@ -61,6 +61,13 @@ class Methods(_Strict):
         return {k: getattr(self, k) for k in type(self).model_fields if getattr(self, k) is not None}
 
 
+class Generation(_Strict):
+    mode: Literal["online", "batch"] | None = Field(
+        default=None, description="online: concurrent calls; batch: each phase is one OpenAI Batch API job "
+                                  "(results within 24 h, at the batch price); unset: the teacher's TEACHER_MODE "
+                                  "(online unless set)")
+
+
 class Filters(_Strict):
     min_tokens: int = Field(default=8, ge=0, description="response length floor, student tokens")
     max_tokens: int = Field(default=2048, ge=1, description="response length ceiling, student tokens")
@@ -156,6 +163,7 @@ class Category(_Strict):
     seeds: Path
     eval: Path
     methods: Methods = Field(default_factory=lambda: Methods(response={}))
+    generation: Generation = Field(default_factory=Generation)
     samples_per_prompt: int = Field(default=2, ge=1, le=64)
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=512, ge=1, le=32768)

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMMANDS = [
     [], ["quickstart"], ["ui"], ["materialize"], ["backfill"], ["lineage"], ["lineage", "why"], ["lineage", "from"],
     ["failures"], ["failures", "add"], ["failures", "list"], ["report"], ["report", "open"],
+    ["batch"], ["batch", "export-requests"], ["batch", "import-results"],
 ]
 
 
@@ -92,6 +93,33 @@ def test_materialize_seed_prompts_one_category(tmp_path):
         assert len(runs) == 1 and runs[0].tags.get("dagster/partition") == "math"
         assert runs[0].status == dg.DagsterRunStatus.SUCCESS
     assert "enabled: false" in (tmp_path / "dagster_home" / "dagster.yaml").read_text()
+
+
+def test_batch_export_run_import_for_an_offline_runner(tmp_path):
+    from tests.lib.test_offline_batch import run_batch_file
+
+    req, res = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    proc = _distill(["batch", "export-requests", "math", str(req)], tmp_path, TEACHER_MODEL="m")
+    assert proc.returncode == 2 and "no seed_prompts for math yet" in _one_line_error(proc)
+    from distill_assets.lib.ledger import open_store
+    from distill_assets.lib.records import load_seed_file
+    from distill_assets.lib.tasks import load_tasks
+
+    math = load_tasks().category("math")  # what `distill materialize -c math -s seed_prompts` writes
+    open_store(str(tmp_path / "distill.duckdb")).insert_df("seed_prompts", load_seed_file(math.seeds, math))
+    proc = _distill(["batch", "export-requests", "math", str(req)], tmp_path)
+    assert proc.returncode == 2 and "set TEACHER_MODEL" in _one_line_error(proc)
+    proc = _distill(["batch", "export-requests", "math", str(req)], tmp_path, TEACHER_MODEL="m")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n = len(req.read_text().splitlines())
+    assert n > 1 and f"{n} request(s) of generation phase 1 of math" in proc.stdout
+    assert f"vllm run-batch -i {req} -o results.jsonl --model m" in proc.stdout
+    run_batch_file(req, res)
+    proc = _distill(["batch", "import-results", str(req), str(res), "-c", "math"], tmp_path, TEACHER_MODEL="m")
+    assert proc.returncode == 0 and f"{n} answer(s) recorded in teacher_calls" in proc.stdout, proc.stderr[-2000:]
+    proc = _distill(["batch", "export-requests", "math", str(req)], tmp_path, TEACHER_MODEL="m")
+    # the evolved instructions of phase 1's answers
+    assert proc.returncode == 0 and "request(s) of generation phase 2 of math" in proc.stdout, proc.stdout
 
 
 def test_backfill_unknown_category(tmp_path):

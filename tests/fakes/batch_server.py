@@ -6,6 +6,7 @@ that nothing was bought twice, injects per-request failures and HTTP faults, and
 Runs in a thread (`with FakeBatchServer() as srv`) or as its own process
 (`python -m tests.fakes.batch_server --port 0 --state-file s.json`, first stdout line is the base URL), so a test can
 kill -9 the *client* while the server lives on. Control endpoints: GET /_fake/stats, POST /_fake/release.
+POST /v1/chat/completions answers online (never failing), as the same endpoint would for retried requests.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class FakeBatchServer:
     # [{"method", "path" (prefix), "status", "times", "after_commit"}]: answer with `status` instead
     faults: list = field(default_factory=list)
     stats: dict = field(default_factory=lambda: {"files_created": 0, "batches_created": 0, "polls": 0,
-                                                 "downloads": 0, "cancels": 0, "lists": 0, "faults_sent": 0})
+                                                 "downloads": 0, "cancels": 0, "lists": 0, "faults_sent": 0,
+                                                 "chat_calls": 0})
 
     def __post_init__(self):
         self.files: dict[str, dict] = {}
@@ -132,10 +134,10 @@ class FakeBatchServer:
                            "line": None})
         return lines, errors
 
-    def _answer(self, item: dict, rng: random.Random) -> tuple[bool, dict]:
+    def _answer(self, item: dict, rng: random.Random | None) -> tuple[bool, dict]:
         cid, body = item["custom_id"], item["body"]
-        verdict = self.fail(cid) if self.fail else None
-        if not verdict and self.fail_rate and rng.random() < self.fail_rate:
+        verdict = self.fail(cid) if self.fail and rng else None
+        if not verdict and self.fail_rate and rng and rng.random() < self.fail_rate:
             verdict = True
         rid = "req_" + uuid.uuid4().hex[:16]
         line = {"id": "batch_req_" + uuid.uuid4().hex[:16], "custom_id": cid, "response": None, "error": None}
@@ -247,6 +249,10 @@ class FakeBatchServer:
 
     def _route(self, method: str, path: str, headers, raw: bytes) -> tuple[int, dict | bytes]:
         parts = path.split("?", 1)[0].strip("/").split("/")
+        if method == "POST" and parts == ["v1", "chat", "completions"]:  # the online path, for retries
+            self.stats["chat_calls"] = self.stats.get("chat_calls", 0) + 1
+            _, line = self._answer({"custom_id": "", "body": json.loads(raw or b"{}")}, None)
+            return 200, line["response"]["body"]
         if method == "POST" and parts == ["v1", "files"]:
             form = _multipart(headers.get("Content-Type", ""), raw)
             if form.get("purpose", (None, b""))[1] != b"batch" or "file" not in form:

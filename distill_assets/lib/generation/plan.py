@@ -226,7 +226,8 @@ def generate(category: Category, seeds: pd.DataFrame, session: LLMSession) -> tu
     while steps:
         stats.phases += 1
         results = session.complete([s.request for s in steps], category=category.name,
-                                   label=f"raw_generations[{category.name}] phase {stats.phases}")
+                                   label=f"raw_generations[{category.name}] phase {stats.phases}",
+                                   mode=category.generation.mode)  # None: the teacher's own mode
         following: list[Step] = []
         for step, res in zip(steps, results):
             stats.calls += 1
