@@ -1,0 +1,265 @@
+"""DuckLake: a DuckDB store many processes write at once, catalog in Postgres, data as Parquet on a shared path.
+
+Why: a DuckDB file has one writer process at a time, so parallel runs queue on a lock. DuckLake keeps the
+catalog in Postgres and commits optimistically: concurrent transactions run in parallel and a commit that
+collides with one that landed first fails with a "Transaction conflict" error, after which the whole
+transaction must be run again (`run_with_retry`).
+
+What DuckLake lacks, and the replacements here:
+- PRIMARY KEY / UNIQUE (so INSERT OR REPLACE / OR IGNORE / ON CONFLICT): `upsert_df` is a MERGE INTO.
+- Conflicts are detected per TABLE, not per row: a delete collides with any concurrent insert into that table.
+  Two inserts never collide, so two first-time writers of the same key would both land. `guard(con, table)`
+  bumps a per-table guard row inside the transaction, so any two guarded writers of one table collide and
+  one of them retries and then sees the other's rows. Every writer of a keyed table must go through it.
+
+The extensions come from PyPI packages (duckdb-extension-ducklake, duckdb-extension-postgres-scanner) whose
+wheels carry the signed binaries for exactly one DuckDB version; they are LOADed by path, with auto-install
+and auto-load off, so nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+import pandas as pd
+
+T = TypeVar("T")
+
+# extension name -> the PyPI package (import name) whose wheel ships it
+EXTENSION_PACKAGES = {
+    "postgres_scanner": "duckdb_extension_postgres_scanner",
+    "ducklake": "duckdb_extension_ducklake",
+}
+# the newest DuckDB for which PyPI has both extension packages (none exist for 2.x)
+PACKAGED_VERSION = "1.5.5"
+PIP_HINT = (f"pip install duckdb=={PACKAGED_VERSION} duckdb-extension-ducklake=={PACKAGED_VERSION} "
+            f"duckdb-extension-postgres-scanner=={PACKAGED_VERSION}")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# commit failures that a fresh run of the same transaction can get past
+_RETRYABLE = ("Transaction conflict", "duplicate key value violates unique constraint")
+
+
+class CommitConflictError(RuntimeError):
+    """A transaction still collided with concurrent commits after every retry."""
+
+
+def extension_file(name: str) -> Path:
+    """The extension binary for the running DuckDB version inside its PyPI package; clear error if absent."""
+    package = EXTENSION_PACKAGES[name]
+    version = duckdb.__version__
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"DuckDB extension {name!r}: package {package} is not installed (DuckDB is "
+                           f"{version}); {PIP_HINT}")
+    path = Path(spec.origin).parent / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
+    if not path.is_file():
+        shipped = sorted(p.name for p in (Path(spec.origin).parent / "extensions").glob("v*"))
+        raise RuntimeError(f"DuckDB extension {name!r}: {package} ships {shipped or 'nothing'}, not "
+                           f"v{version} (an extension loads only into the DuckDB version it was built for); "
+                           f"{PIP_HINT}")
+    return path
+
+
+def ducklake_extensions_available() -> tuple[bool, str]:
+    """(True, paths) when both extensions can be loaded offline here, else (False, why)."""
+    try:
+        paths = [str(extension_file(name)) for name in EXTENSION_PACKAGES]
+    except RuntimeError as exc:
+        return False, str(exc)
+    return True, ", ".join(paths)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str, what: str = "identifier") -> str:
+    if not _IDENT.match(name):
+        raise ValueError(f"{what} {name!r} is not a plain SQL identifier")
+    return name
+
+
+def connect_ducklake(catalog_dsn: str, data_path: str | Path, alias: str = "lake", *,
+                     metadata_schema: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the lake attached as `alias` and selected (`USE alias`).
+
+    `catalog_dsn` is a libpq keyword string ("dbname=… host=… port=… user=…"). `data_path` is where the
+    Parquet files go; the first ATTACH records it in the catalog and every later one must name the same path.
+    `metadata_schema` lets several lakes share one Postgres database.
+    """
+    config: dict = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(config=config)
+    try:
+        con.execute("SET enable_progress_bar = false")  # long commits would print bars on stdout
+        for name in EXTENSION_PACKAGES:  # postgres_scanner first: the ducklake ATTACH needs it
+            con.execute(f"LOAD {_quote(str(extension_file(name)))}")
+        data = str(data_path).rstrip("/") + "/"
+        options = [f"DATA_PATH {_quote(data)}"]
+        if metadata_schema:
+            options.append(f"METADATA_SCHEMA {_quote(_ident(metadata_schema, 'metadata schema'))}")
+        con.execute(f"ATTACH {_quote('ducklake:postgres:' + catalog_dsn)} AS {_ident(alias, 'alias')} "
+                    f"({', '.join(options)})")
+        con.execute(f"USE {alias}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """True for the errors a retry can cure: DuckLake's "Transaction conflict" and a lost catalog race."""
+    return isinstance(exc, duckdb.Error) and any(marker in str(exc) for marker in _RETRYABLE)
+
+
+def run_with_retry(fn: Callable[[], T], attempts: int = 50, backoff: float = 0.05, max_backoff: float = 4.0, *,
+                   sleep: Callable[[float], None] = time.sleep,
+                   on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+    """Call `fn` (one whole transaction) until it commits, retrying commit conflicts with jittered backoff.
+
+    `fn` must redo all of its reads and writes on each call: a conflicting commit has already been rolled back.
+    Other errors propagate at once; after `attempts` conflicts a CommitConflictError names the last one.
+    The defaults come from 8 processes committing to one table in a tight loop on 2 cores: with a 4 s cap
+    every commit landed within 33 tries; with a 1 s cap the retries kept colliding and some gave up at 40.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except duckdb.Error as exc:
+            if not is_commit_conflict(exc):
+                raise
+            if attempt == attempts:
+                raise CommitConflictError(f"gave up after {attempts} conflicting commits; last: "
+                                          f"{str(exc).splitlines()[-1]}") from exc
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            # full jitter: colliding writers spread out instead of colliding again in lock-step
+            sleep(random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1))))
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT; ROLLBACK when the body raises. A failed COMMIT has already rolled back."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # the failing statement may already have ended the transaction
+        raise
+    con.execute("COMMIT")
+
+
+def guard_table(table: str) -> str:
+    return f"_guard_{_ident(table, 'table')}"
+
+
+def ensure_guard(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Create `table`'s guard (one row) if missing; its own retried transaction, safe to race."""
+    name = guard_table(table)
+
+    def create() -> None:
+        with transaction(con):
+            con.execute(f"CREATE TABLE IF NOT EXISTS {name} (bumps BIGINT)")
+            if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == 0:
+                con.execute(f"INSERT INTO {name} VALUES (0)")
+
+    run_with_retry(create)
+
+
+def guard(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Inside a transaction: make it collide with every other guarded transaction on `table`."""
+    con.execute(f"UPDATE {guard_table(table)} SET bumps = bumps + 1")
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str, schema: str = "main") -> bool:
+    """Whether `table` is in the current catalog (registered DataFrames show up in `temp`, so filter)."""
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ? AND table_type = 'BASE TABLE'", [schema, table]).fetchone()[0])
+
+
+def upsert_df(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, keys: Sequence[str], *,
+              on_conflict: str = "replace") -> int:
+    """INSERT OR REPLACE ('replace') / INSERT OR IGNORE ('ignore') for a table without a primary key.
+
+    Run it inside a guarded transaction (`guard(con, table)` first) so a concurrent writer of the same key
+    collides instead of adding a second row. Rows repeating a key in `df` keep the last, as a key would force.
+    Returns the number of rows inserted or updated.
+    """
+    view = f"_upsert_{_ident(table, 'table')}"
+    if on_conflict not in ("replace", "ignore"):
+        raise ValueError(f"on_conflict must be 'replace' or 'ignore', got {on_conflict!r}")
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise ValueError(f"upsert into {table}: key columns {missing} are not in the frame ({list(df.columns)})")
+    if df.empty:
+        return 0
+    rows = df.drop_duplicates(list(keys), keep="last")
+    cols = [str(c) for c in rows.columns]
+    on = " AND ".join(f't."{k}" IS NOT DISTINCT FROM s."{k}"' for k in keys)
+    col_list = ", ".join(f'"{c}"' for c in cols)
+    values = ", ".join(f's."{c}"' for c in cols)
+    actions = ""
+    updates = [c for c in cols if c not in keys]
+    if on_conflict == "replace" and updates:
+        actions = "WHEN MATCHED THEN UPDATE SET " + ", ".join(f'"{c}" = s."{c}"' for c in updates) + " "
+    actions += f"WHEN NOT MATCHED THEN INSERT ({col_list}) VALUES ({values})"
+    con.register(view, rows)
+    try:
+        return int(con.execute(f"MERGE INTO {table} AS t USING {view} AS s ON {on} {actions}").fetchone()[0])
+    finally:
+        con.unregister(view)
+
+
+def replace_rows(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, where: str,
+                 params: Sequence) -> int:
+    """Inside a guarded transaction: delete the rows matching `where`, insert `df` by column name."""
+    view = f"_replace_{_ident(table, 'table')}"
+    con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
+    if df.empty:
+        return 0
+    con.register(view, df)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+    finally:
+        con.unregister(view)
+    return len(df)
+
+
+def current_snapshot(con: duckdb.DuckDBPyConnection, alias: str = "lake") -> int:
+    """The lake's latest snapshot id, by anyone; inside a transaction, the one it reads from."""
+    return int(con.execute(f"SELECT id FROM {_ident(alias, 'alias')}.current_snapshot()").fetchone()[0])
+
+
+def last_committed_snapshot(con: duckdb.DuckDBPyConnection, alias: str = "lake") -> int | None:
+    """The snapshot id THIS connection's last commit created (None before its first): a version to record,
+    and what `AT (VERSION => id)` reads back. Unlike `current_snapshot`, other writers do not move it."""
+    row = con.execute(f"SELECT id FROM {_ident(alias, 'alias')}.last_committed_snapshot()").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def set_commit_message(con: duckdb.DuckDBPyConnection, author: str, message: str, *,
+                       extra_info: str | None = None, alias: str = "lake") -> None:
+    """Inside a transaction: label the snapshot it will commit (e.g. the run id), shown by `snapshots`."""
+    con.execute(f"CALL {_ident(alias, 'alias')}.set_commit_message(?, ?, extra_info => ?)",
+                [author, message, extra_info])
+
+
+def snapshots(con: duckdb.DuckDBPyConnection, alias: str = "lake") -> pd.DataFrame:
+    """Every snapshot: snapshot_id, snapshot_time, schema_version, changes, author, commit_message, …"""
+    return con.execute(f"SELECT * FROM {_ident(alias, 'alias')}.snapshots() ORDER BY snapshot_id").df()
