@@ -7,6 +7,7 @@ import pytest
 from distill_assets.defs.partitions import CATEGORY
 from distill_assets.defs.verify import verified
 from distill_assets.lib.tasks import load_tasks
+from resources.llm import LLMResource
 
 
 def _row(cat, i, response, reference=None, tests=None, entry_point=None, seed="s1", instruction="q"):
@@ -43,7 +44,8 @@ FRAMES = {
 def verify_defs(monkeypatch):
     base = load_tasks()
     fast = base.model_copy(update={"categories": [
-        c.model_copy(update={"filters": c.filters.model_copy(update={"verify_timeout_s": 1.0})})
+        c.model_copy(update={"filters": c.filters.model_copy(update={"verify_timeout_s": 1.0,
+                                                                     "generate_tests": False})})
         for c in base.categories]})
     monkeypatch.setattr("distill_assets.defs.verify.load_tasks", lambda: fast)
 
@@ -60,11 +62,13 @@ def verify_defs(monkeypatch):
               "g_4": ("fail", "dropped", "verify_no_majority"),
               "g_5": ("unverifiable", "kept", "verify_single_sample")}),
     ("code", {"g_0": ("pass", "kept", "ok"), "g_1": ("fail", "dropped", "verify_tests_failed"),
-              "g_2": ("fail", "dropped", "verify_timeout"), "g_3": ("unverifiable", "kept", "verify_no_tests")}),
+              "g_2": ("fail", "dropped", "verify_timeout"), "g_3": ("unverifiable", "dropped", "verify_no_tests")}),
     ("classify", {"g_0": ("pass", "kept", "ok"), "g_1": ("fail", "dropped", "verify_mismatch")}),
 ])
 def test_materialize_verified(verify_defs, duck_resources, store, cat, expected):
-    res = dg.materialize(verify_defs, resources=duck_resources, partition_key=cat)
+    # no test is written here (generate_tests off), so the teacher is never called
+    teacher = LLMResource(base_url="http://127.0.0.1:9/v1", model="unused")
+    res = dg.materialize(verify_defs, resources={**duck_resources, "teacher": teacher}, partition_key=cat)
     assert res.success
     out = res.output_for_node("verified")
     got = {r.example_id.replace(cat, "_"): (r.verification_status, r.verdict, r.reason) for r in out.itertuples()}
@@ -75,6 +79,6 @@ def test_materialize_verified(verify_defs, duck_resources, store, cat, expected)
     ev = json.loads(lineage.set_index("example_id").loc[f"g{cat}0", "evidence"])
     assert ev["verification_status"] == "pass"
     if cat == "code":
-        assert ev["network_isolation"] in ("netns", "socket_block") and ev["passed"] == 1
+        assert ev["isolation"] == "bwrap" and ev["network_isolation"] == "netns" and ev["passed"] == 1
     else:
         assert ev["extracted"] and ev["reference"]

@@ -84,7 +84,7 @@ def test_budget_stops_cleanly(store):
                    max_concurrency=1)
         with llm.session(store) as s:
             res = s.complete(_reqs(200))
-            assert s.budget_hit and "max_budget_usd" in s.budget_hit
+            assert s.budget_hit and "TEACHER_MAX_BUDGET_USD" in s.budget_hit
     statuses = Counter(r.status for r in res)
     assert statuses["ok"] > 0 and statuses["budget_exceeded"] > 0
     spent = store.query_df("SELECT sum(cost_usd) AS c FROM teacher_calls")["c"][0]
@@ -95,7 +95,7 @@ def test_token_limit_stops_cleanly(store):
     with FakeOpenAIServer() as srv:
         with _llm(srv, max_total_tokens=300, max_concurrency=1).session(store) as s:
             res = s.complete(_reqs(50))
-            assert "max_total_tokens" in s.budget_hit
+            assert "TEACHER_MAX_TOTAL_TOKENS" in s.budget_hit
     assert 0 < sum(r.ok for r in res) < 50
 
 
