@@ -69,6 +69,12 @@ def gate_decision(summary: pd.DataFrame, targets: dict[str, float],
         elif ratio < target:
             failed.append(cat)
             reasons.append(f"{cat}: transfer {ratio:.1%} below target {target:.0%}")
+        # without a judge's word, the paired task-metric change is the evidence against the base
+        if no_signal(base_signal) and per_cat[cat]["change"] == "regressed":
+            if cat not in failed:
+                failed.append(cat)
+            reasons.append(f"{cat}: worse than the base student on the paired task metric "
+                           f"(95% CI {per_cat[cat]['delta_ci_low']:+.3f} to {per_cat[cat]['delta_ci_high']:+.3f})")
     return {"passed": not reasons, "reasons": reasons, "failed_categories": failed,
             "win_rate_vs_base": None if math.isnan(wb) else wb,
             "win_ci_low": None if math.isnan(_num(o.get("base_win_ci_low"))) else _num(o.get("base_win_ci_low")),
@@ -79,7 +85,8 @@ def gate_decision(summary: pd.DataFrame, targets: dict[str, float],
 
 
 def _change(row) -> dict:
-    """The paired change vs the base of one category row (informational: the gate does not decide on it)."""
+    """The paired change vs the base of one category row; the gate fails a regressed category when the judge
+    has no signal."""
     out = {}
     for k in ("delta_vs_base", "delta_ci_low", "delta_ci_high"):
         v = _num(row.get(k)) if row is not None else float("nan")

@@ -78,3 +78,21 @@ def test_gate_reports_the_paired_change_per_category():
     per_cat = gate_decision(s, {"maths": 0.75, "intent": 0.95})["per_category"]
     assert per_cat["maths"]["change"] == "improved" and per_cat["maths"]["delta_ci_low"] == 0.1
     assert per_cat["intent"]["change"] == "no measurable change"
+
+
+def test_no_signal_judge_falls_back_to_the_paired_change():
+    import pandas as pd
+
+    from distill_assets.lib.evaluation.gate import gate_decision
+    from distill_assets.lib.evaluation.metrics import MERGED, OVERALL
+
+    rows = [{"variant": MERGED, "category": OVERALL, "win_rate_vs_base": float("nan"),
+             "base_judge_signal": "no signal (consistency 0%)", "transfer_ratio": 1.0},
+            {"variant": MERGED, "category": "classify", "transfer_ratio": 1.0, "delta_vs_base": -0.3,
+             "delta_ci_low": -0.45, "delta_ci_high": -0.15, "change": "regressed"},
+            {"variant": MERGED, "category": "support", "transfer_ratio": 1.0, "delta_vs_base": 0.0,
+             "delta_ci_low": -0.1, "delta_ci_high": 0.1, "change": "no measurable change"}]
+    d = gate_decision(pd.DataFrame(rows), {"classify": 0.5, "support": 0.5})
+    assert not d["passed"] and d["failed_categories"] == ["classify"]
+    assert any("worse than the base" in r for r in d["reasons"])
+    assert any("criterion skipped" in n for n in d["notes"])
