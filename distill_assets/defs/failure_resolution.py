@@ -7,7 +7,8 @@ candidate with the promoted model, and resolves the failures a newly promoted mo
 import dagster as dg
 from pydantic import Field
 
-from distill_assets.lib.evaluation.gate import MIN_WIN_RATE_VS_BASE, latest_evaluated_version
+from checks.eval_report import EvalGateConfig
+from distill_assets.lib.evaluation.gate import latest_evaluated_version
 from distill_assets.lib.production.promotion import (
     comparison_markdown,
     decide,
@@ -16,16 +17,13 @@ from distill_assets.lib.production.promotion import (
     resolve_heldout,
     resolve_trained,
 )
-from distill_assets.lib.settings import eval_gate_severity
 from distill_assets.lib.tasks import load_tasks
 from resources.store import DuckDBStore
 
 
-class FailureResolutionConfig(dg.Config):
-    # The gate's numbers, as the eval_gate check uses them; set both the same when overriding either.
-    severity: str = Field(default_factory=eval_gate_severity, description="WARN or ERROR, recorded with the gate")
-    min_win_rate_vs_base: float = Field(default=MIN_WIN_RATE_VS_BASE, ge=0, le=1,
-                                        description="the student must beat the base")
+class FailureResolutionConfig(EvalGateConfig):
+    """The gate's settings (the same fields as the eval_gate check's) and how failures are answered."""
+
     max_new_tokens: int = Field(default=256, ge=1, description="answer budget for in_training failures")
     answer_trained_failures: bool = Field(default=True, description="run the promoted model on in_training ones")
 

@@ -97,7 +97,9 @@ def _votes(row: dict) -> list[str] | None:
     return [str(v) for v in votes] if isinstance(votes, list) and votes else None
 
 
-def _math(rows: list[dict], min_agree: float = 0.5) -> list[RowVerdict]:
+def _against_reference(rows: list[dict], check: Callable, extract: Callable[[str], str | None], match,
+                       min_agree: float, extra: dict | None = None) -> list[RowVerdict]:
+    """Rows with a reference are checked against it; rows without one are decided by self-consistency."""
     out: list[RowVerdict | None] = [None] * len(rows)
     no_ref = []
     for i, r in enumerate(rows):
@@ -105,31 +107,23 @@ def _math(rows: list[dict], min_agree: float = 0.5) -> list[RowVerdict]:
         if ref is None:
             no_ref.append(i)
             continue
-        v = verify_math(r["response"] or "", ref)
+        v = check(r["response"] or "", ref)
         out[i] = RowVerdict(v.status, v.reason, v.answer, {"mode": "reference", "extracted": v.answer,
-                                                           "extract_method": v.method, "reference": ref})
+                                                           "extract_method": v.method, "reference": ref,
+                                                           **(extra or {})})
     sub = [rows[i] for i in no_ref]
-    for j, v in _consistency(sub, lambda t: extract_final_answer(t).answer, answers_match, min_agree).items():
+    for j, v in _consistency(sub, extract, match, min_agree).items():
         out[no_ref[j]] = v
     return out  # type: ignore[return-value]
+
+
+def _math(rows: list[dict], min_agree: float = 0.5) -> list[RowVerdict]:
+    return _against_reference(rows, verify_math, lambda t: extract_final_answer(t).answer, answers_match, min_agree)
 
 
 def _label(rows: list[dict], labels: list[str], min_agree: float = 0.5) -> list[RowVerdict]:
-    out: list[RowVerdict | None] = [None] * len(rows)
-    no_ref = []
-    for i, r in enumerate(rows):
-        ref = _ref(r.get("reference"))
-        if ref is None:
-            no_ref.append(i)
-            continue
-        v = verify_label(r["response"] or "", ref, labels)
-        out[i] = RowVerdict(v.status, v.reason, v.answer, {"mode": "reference", "extracted": v.answer,
-                                                           "extract_method": v.method, "reference": ref,
-                                                           "labels": labels})
-    sub = [rows[i] for i in no_ref]
-    for j, v in _consistency(sub, lambda t: parse_label(t, labels).label, labels_match, min_agree).items():
-        out[no_ref[j]] = v
-    return out  # type: ignore[return-value]
+    return _against_reference(rows, lambda resp, ref: verify_label(resp, ref, labels),
+                              lambda t: parse_label(t, labels).label, labels_match, min_agree, {"labels": labels})
 
 
 def _code_one(r: dict, cat: Category, sandbox) -> RowVerdict:
