@@ -12,8 +12,7 @@ from distill_assets.defs.partitions import CATEGORY
 from distill_assets.defs.resources import embedded_embedder
 from distill_assets.lib.contamination import seed_texts, training_texts
 from distill_assets.lib.filters.decontaminate import decontaminate
-from distill_assets.lib.ledger import open_store
-from resources.io_manager import DistillDuckDBIOManager
+from distill_assets.lib.ledger import open_io_manager, open_store
 from tests.checks.helpers import (
     CATEGORY_NAME,
     category,
@@ -131,7 +130,7 @@ def _graph(frame: pd.DataFrame):
 
 def _resources(tmp_path, embedder):
     db = str(tmp_path / "d.duckdb")
-    return {"io_manager": DistillDuckDBIOManager(database=db), "store": open_store(db),
+    return {"io_manager": open_io_manager(db), "store": open_store(db),
             "embedder": embedder}
 
 

@@ -12,10 +12,9 @@ import pytest
 
 from distill_assets.defs.evaluation import eval_gate, eval_report
 from distill_assets.lib import ledger
-from distill_assets.lib.ledger import open_store
+from distill_assets.lib.ledger import open_io_manager, open_store
 from distill_assets.lib.records import load_eval_file
 from distill_assets.lib.tasks import load_tasks
-from resources.io_manager import DistillDuckDBIOManager
 from resources.llm import LLMResource
 from resources.store import DuckDBStore
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -122,7 +121,7 @@ def test_eval_report_end_to_end(tmp_path, monkeypatch, tiny_models):
     with FakeOpenAIServer(responder=_responder) as server:
         llm = dict(base_url=server.base_url, model="fake", max_retries=1, price_prompt_per_1m=1.0,
                    price_completion_per_1m=2.0)
-        resources = {"io_manager": DistillDuckDBIOManager(database=db), "store": store,
+        resources = {"io_manager": open_io_manager(db), "store": store,
                      "teacher": LLMResource(role="teacher", **llm), "judge": LLMResource(role="judge", **llm)}
         instance = dg.DagsterInstance.ephemeral()
         for c in tasks.names:
