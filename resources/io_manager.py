@@ -238,6 +238,7 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
         if missing:
             name = context.asset_key.to_user_string()
             what = ", ".join(f"{name}[{k}]" for k in missing) if missing != [UNPARTITIONED] else name
-            raise dg.Failure(f"{what} has never been materialized: materialize "
-                             f"{'that partition' if len(missing) == 1 and keys else 'it'} first")
+            one = len(missing) == 1
+            raise dg.Failure(f"{what} {'has' if one else 'have'} never been materialized: materialize "
+                             f"{('that partition' if keys else 'it') if one else 'them'} first")
         return pd.DataFrame() if df is None else df

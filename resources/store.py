@@ -45,7 +45,7 @@ def _pid_command(pid: int) -> str:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
-    return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)[:200]
+    return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a).replace("\n", " ")[:200]
 
 
 def _pid_alive(pid: int) -> bool:

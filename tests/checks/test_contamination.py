@@ -120,7 +120,9 @@ def _graph(frame: pd.DataFrame):
     def clean_stand_in() -> pd.DataFrame:
         return frame
 
-    @dg.asset(name="lora_adapter", ins={"clean_dataset": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
+    # the one partition this test materializes (reading a never-materialized partition is an error)
+    @dg.asset(name="lora_adapter", ins={"clean_dataset": dg.AssetIn(
+        partition_mapping=dg.SpecificPartitionsPartitionMapping([CATEGORY_NAME]))})
     def lora_stand_in(clean_dataset: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"rows": [len(clean_dataset)]})
 
