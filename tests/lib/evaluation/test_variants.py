@@ -69,7 +69,7 @@ def test_teacher_price_comes_from_the_ledger(tmp_path):
     assert price["usd_per_1m_tokens"] == pytest.approx(1.5) and price["source"].startswith("ledger")
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_gguf_generation_in_a_worker_process():
     from distill_assets.lib.settings import embedded_teacher_gguf
 
