@@ -1,5 +1,5 @@
 # The README's two commands. Each does its own set-up from scratch (scripts/setup.sh is idempotent).
-.PHONY: setup quickstart test test-all ui
+.PHONY: setup quickstart test ui
 
 setup:
 	scripts/setup.sh
@@ -9,17 +9,12 @@ quickstart:
 	scripts/setup.sh
 	.venv/bin/distill quickstart
 
-# Installs (incl. Debian chromium for the UI test), then runs the test suite CI runs.
+# Installs (incl. Debian chromium for the UI test), then runs the whole test suite, as CI does: the real-model
+# tests (the 135M student trained and merged, GGUF generation in llama.cpp) included.
 test:
 	scripts/setup.sh browser
 	.venv/bin/lint-imports
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -m "not slow" -q
-
-# Everything, including the slow real-model tests.
-test-all:
-	scripts/setup.sh browser
-	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q
 
 # The Dagster UI on the same instance the quickstart and the CLI write to ($DISTILL_HOME/dagster_home).

@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from checks.upstream import metadata_value, upstream_record
 from distill_assets.lib.evaluation.gate import (
     MIN_WIN_RATE_VS_BASE,
     decide_version,
@@ -29,10 +30,10 @@ class EvalGateConfig(dg.Config):
 
 def _evaluated_version(context: dg.AssetCheckExecutionContext, store: DuckDBStore,
                        asset_key: dg.AssetKey) -> tuple[str | None, str | None]:
-    ev = context.instance.get_latest_materialization_event(asset_key)
-    mat = ev.asset_materialization if ev is not None else None
-    if mat is not None and "adapter_version" in mat.metadata:
-        return str(mat.metadata["adapter_version"].value), ev.run_id
+    rec = upstream_record(context, asset_key)  # the materialization being checked
+    version = metadata_value(rec, "adapter_version") if rec is not None else None
+    if version is not None:
+        return str(version), rec.run_id
     return latest_evaluated_version(store)
 
 

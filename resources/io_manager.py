@@ -4,17 +4,40 @@ A partitioned asset's partition is replaced (delete + insert) inside one transac
 cross-process lock, so a crash leaves the old rows or the new ones, and parallel backfills queue instead of
 failing on DuckDB's single-writer file lock. An empty frame still creates the table, so a downstream read of an
 empty partition keeps the columns.
+
+In the same transaction the IO manager records which partitions it wrote (`_distill_partitions`), so reading
+a partition that was never materialized fails with its name instead of passing an empty frame downstream, and
+a filter stage's lineage verdicts: a crash leaves the table and its verdicts both old or both new. A stage
+says so with output metadata `lineage_stage` (the verdicts are then the frame's keep/verdict/reason/evidence
+columns), or returns a `StageTable` when its verdict rows are not its table rows (clean_dataset). The DDL of
+both side tables is the ledger's (`schema_sql`, from lib/ledger.py).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from resources.store import locked_connection, table_exists
+from resources.store import ensure_schema, locked_connection, table_exists, utcnow
+
+LINEAGE_STAGE = "lineage_stage"  # output metadata: this output's rows are that stage's verdicts
+PARTITIONS_TABLE = "_distill_partitions"
+UNPARTITIONED = ""  # the partition key recorded for an unpartitioned table
+
+
+@dataclass(frozen=True)
+class StageTable:
+    """A filter stage's output: the table rows and the stage's lineage verdicts (rows in the `lineage` table's
+    columns), which the IO manager writes in one transaction."""
+
+    table: pd.DataFrame
+    stage: str
+    lineage: pd.DataFrame
 
 
 def _duck_type(series: pd.Series) -> str:
@@ -83,6 +106,81 @@ def read_table(conn, schema: str, table: str, partition_expr: str | None,
     return conn.execute(f"SELECT * FROM {schema}.{table}").df()
 
 
+def _require(conn, table: str, database: str) -> None:
+    if not table_exists(conn, table):
+        raise RuntimeError(f"{database} has no {table} table: build the IO manager with the ledger's schema "
+                           "(distill_assets.lib.ledger.open_io_manager)")
+
+
+def mark_written(conn, schema: str, table: str, obj: pd.DataFrame, partition_expr: str | None,
+                 partition_keys: list[str], run_id: str, database: str) -> None:
+    """Record that `partition_keys` of `table` (or the table) were written, with their row counts."""
+    _require(conn, PARTITIONS_TABLE, database)
+    keys = partition_keys or [UNPARTITIONED]
+    if partition_keys and partition_expr and partition_expr in obj.columns:
+        counts = obj[partition_expr].astype(str).value_counts().to_dict()
+    else:
+        counts = {keys[0]: len(obj)} if len(keys) == 1 else {}
+    now = utcnow()
+    conn.executemany(f"INSERT OR REPLACE INTO {PARTITIONS_TABLE} VALUES (?, ?, ?, ?, ?)",
+                     [[f"{schema}.{table}", k, int(counts.get(k, 0)), run_id, now] for k in keys])
+
+
+def missing_partitions(conn, schema: str, table: str, partition_keys: list[str] | None) -> list[str]:
+    """The keys of `partition_keys` (or the table itself, as '') this IO manager never wrote. A table written
+    before partitions were recorded (no marker at all) counts as written, as it always did."""
+    written: set[str] = set()
+    if table_exists(conn, PARTITIONS_TABLE):
+        written = {r[0] for r in conn.execute(f"SELECT partition_key FROM {PARTITIONS_TABLE} WHERE asset_table = ?",
+                                              [f"{schema}.{table}"]).fetchall()}
+    if not written:
+        return [] if table_exists(conn, table, schema) else list(partition_keys or [UNPARTITIONED])
+    if not partition_keys:
+        return []  # the whole table: written (as one, or by partition)
+    return [k for k in partition_keys if k not in written]
+
+
+def write_lineage(conn, stage: StageTable, partition_keys: list[str], database: str) -> None:
+    """Replace the stage's verdicts for `partition_keys` (the categories) with `stage.lineage`."""
+    _require(conn, "lineage", database)
+    rows = stage.lineage
+    keys = partition_keys or (sorted(set(rows["category"].astype(str))) if not rows.empty else [])
+    if keys:
+        marks, params = _in_list(keys)
+        conn.execute(f"DELETE FROM lineage WHERE stage = ? AND category IN ({marks})", [stage.stage, *params])
+    if rows.empty:
+        return
+    conn.register("_distill_lineage", rows)
+    try:
+        cols = ", ".join(f'"{c}"' for c in rows.columns)
+        conn.execute(f"INSERT OR REPLACE INTO lineage ({cols}) SELECT {cols} FROM _distill_lineage")
+    finally:
+        conn.unregister("_distill_lineage")
+
+
+def verdict_rows(frame: pd.DataFrame, stage: str, partition_expr: str | None, partition_keys: list[str],
+                 run_id: str) -> pd.DataFrame:
+    """Lineage rows from an annotated frame's example_id/verdict/reason/evidence columns."""
+    if frame.empty:
+        return pd.DataFrame(columns=["example_id", "category", "stage", "verdict", "reason", "evidence", "run_id",
+                                     "recorded_at"])
+    missing = [c for c in ("example_id", "verdict", "reason", "evidence") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{stage}: output metadata {LINEAGE_STAGE!r} needs the annotation columns; missing {missing}")
+    if partition_expr and partition_expr in frame.columns:
+        category = frame[partition_expr].astype(str).to_numpy()
+    elif len(partition_keys) == 1:
+        category = partition_keys[0]
+    else:
+        raise ValueError(f"{stage}: cannot tell the category of its verdict rows (no {partition_expr!r} column)")
+    out = pd.DataFrame({
+        "example_id": frame["example_id"].astype(str).to_numpy(), "category": category, "stage": stage,
+        "verdict": frame["verdict"].astype(str).to_numpy(), "reason": frame["reason"].fillna("").astype(str).to_numpy(),
+        "evidence": [e if isinstance(e, str) else json.dumps(e, default=str) for e in frame["evidence"]],
+        "run_id": run_id, "recorded_at": utcnow()})
+    return out.drop_duplicates(["example_id", "stage"], keep="last")
+
+
 class DistillDuckDBIOManager(dg.ConfigurableIOManager):
     """Stores table assets in the project DuckDB file; partitions are written with `partition_expr`."""
 
@@ -90,27 +188,41 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
     schema_: str | None = Field(default=None, alias="schema",
                                 description="schema of the asset tables; `main`, beside the side tables")
     lock_timeout_s: float = 900.0
+    schema_sql: list[str] = Field(default_factory=list,
+                                  description="Idempotent CREATE statements (the ledger's) run on first use.")
 
     @property
     def _schema(self) -> str:
         return self.schema_ or "main"
 
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | StageTable) -> None:
         if obj is None:
             return
-        if not isinstance(obj, pd.DataFrame):
+        stage = obj if isinstance(obj, StageTable) else None
+        frame = stage.table if stage is not None else obj
+        if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()}: the DuckDB IO manager stores DataFrames, "
-                            f"got {type(obj).__name__}")
+                            f"got {type(frame).__name__}")
         expr = _partition_expr(context.definition_metadata)
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else []
-        with locked_connection(self.database, self.lock_timeout_s) as conn:
-            write_table(conn, self._schema, _table(context.asset_key), obj, expr, keys)
-        rows = {"dagster/partition_row_count": len(obj)} if keys else {"dagster/row_count": len(obj)}
+        named = (context.output_metadata or {}).get(LINEAGE_STAGE)
+        named = getattr(named, "value", named)
+        if stage is None and named:
+            stage = StageTable(table=frame, stage=str(named),
+                               lineage=verdict_rows(frame, str(named), expr, keys, context.run_id))
+        table = _table(context.asset_key)
+        with locked_connection(self.database, self.lock_timeout_s) as conn:  # one transaction for all of it
+            ensure_schema(conn, self.database, self.schema_sql)
+            write_table(conn, self._schema, table, frame, expr, keys)
+            mark_written(conn, self._schema, table, frame, expr, keys, context.run_id, self.database)
+            if stage is not None:
+                write_lineage(conn, stage, keys, self.database)
+        rows = {"dagster/partition_row_count": len(frame)} if keys else {"dagster/row_count": len(frame)}
         context.add_output_metadata({
             **rows,
             "dagster/storage_kind": "duckdb",
             "dataframe_columns": dg.MetadataValue.table_schema(
-                dg.TableSchema(columns=[dg.TableColumn(name=str(n), type=str(t)) for n, t in obj.dtypes.items()])
+                dg.TableSchema(columns=[dg.TableColumn(name=str(n), type=str(t)) for n, t in frame.dtypes.items()])
             ),
         })
 
@@ -118,6 +230,15 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
         upstream = context.upstream_output
         expr = _partition_expr(upstream.definition_metadata if upstream is not None else None)
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else None
+        table = _table(context.asset_key)
         with locked_connection(self.database, self.lock_timeout_s) as conn:
-            df = read_table(conn, self._schema, _table(context.asset_key), expr, keys)
+            ensure_schema(conn, self.database, self.schema_sql)
+            missing = missing_partitions(conn, self._schema, table, keys)
+            df = None if missing else read_table(conn, self._schema, table, expr, keys)
+        if missing:
+            name = context.asset_key.to_user_string()
+            what = ", ".join(f"{name}[{k}]" for k in missing) if missing != [UNPARTITIONED] else name
+            one = len(missing) == 1
+            raise dg.Failure(f"{what} {'has' if one else 'have'} never been materialized: materialize "
+                             f"{('that partition' if keys else 'it') if one else 'them'} first")
         return pd.DataFrame() if df is None else df

@@ -4,12 +4,21 @@ DuckDB allows one read-write process per file. Instead of retrying the open (dag
 over ~100 s and then fails a backfill), every access takes an exclusive `flock` on a sidecar lock file, so
 concurrent writers queue rather than fail, and each access is one transaction, so a crash rolls back.
 Connections are short: callers batch their writes.
+
+The holder writes who it is (pid, host, command, since when) into the lock file, so a wait that runs out names
+it. A process outside distill that has the file open (the duckdb CLI) makes DuckDB's own open fail with
+"Could not set lock on file"; that open is retried with backoff within the same bound, and the message then
+names the process DuckDB reports. Read-only access (`distill sql`) takes the lock shared.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import re
+import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +33,108 @@ from pydantic import Field
 
 _local = threading.local()
 _thread_lock = threading.RLock()
+_DUCKDB_LOCKED = "Could not set lock on file"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _pid_command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a).replace("\n", " ")[:200]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(lock_path: str | Path) -> str:
+    """Who holds the store lock, as its holder wrote it into the lock file ('' when nobody said)."""
+    try:
+        info = json.loads(Path(lock_path).read_text() or "{}")
+    except (OSError, ValueError):
+        return ""
+    if not info.get("pid"):
+        return ""
+    alive = "" if _pid_alive(int(info["pid"])) or info.get("host") != socket.gethostname() else " (no longer running)"
+    return (f"pid {info['pid']}{alive} on {info.get('host', '?')} ({info.get('mode', 'exclusive')}, since "
+            f"{info.get('since', '?')}): {info.get('command', '')}").strip()
+
+
+def _say_who(fd: int, mode: str) -> None:
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
+            "since": utcnow().isoformat(timespec="seconds"), "command": " ".join(sys.argv)[:200]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+
+
+@contextmanager
+def store_lock(database: str, timeout_s: float, *, shared: bool = False) -> Iterator[float]:
+    """The cross-process store lock (exclusive, or shared for readers), waited for up to `timeout_s`;
+    yields the deadline that the DuckDB open that follows shares."""
+    lock_path = database + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    try:
+        delay = 0.02
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    who = lock_holder(lock_path) or "a process that did not say who it is"
+                    raise TimeoutError(f"waited {timeout_s:.0f}s for the DuckDB store lock {lock_path}; "
+                                       f"it is held by {who}") from None
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+        _say_who(fd, "shared" if shared else "exclusive")
+        try:
+            yield deadline
+        finally:
+            if not shared:  # a shared holder cannot know whether other readers still hold it
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _duckdb_holder(message: str) -> str:
+    """'<program> (pid N: <command line>)' from DuckDB's lock error, which names the conflicting process."""
+    m = re.search(r"held in (.*?) \(PID (\d+)\)", message)
+    if not m:
+        return "another process"
+    cmd = _pid_command(int(m.group(2)))
+    return f"{m.group(1)} (pid {m.group(2)}{': ' + cmd if cmd else ''})"
+
+
+def connect_with_retry(database: str, deadline: float, timeout_s: float, *,
+                       read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried with backoff while another process (outside the store lock, e.g. the duckdb
+    CLI) has the file open; past the deadline the error names that process."""
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(database, read_only=read_only, config={"custom_user_agent": "distill"})
+        except duckdb.IOException as e:
+            if _DUCKDB_LOCKED not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s:.0f}s for DuckDB's lock on {database}: "
+                                   f"{_duckdb_holder(str(e))} has the file open; close it (use `distill sql` for "
+                                   "read-only queries)") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 @contextmanager
@@ -39,39 +146,36 @@ def locked_connection(database: str | Path, lock_timeout_s: float = 900.0) -> It
         yield active[1]  # nested use joins the outer transaction
         return
     Path(database).parent.mkdir(parents=True, exist_ok=True)
-    with _thread_lock:
-        fd = os.open(database + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    with _thread_lock, store_lock(database, lock_timeout_s) as deadline:
+        conn = connect_with_retry(database, deadline, lock_timeout_s)
         try:
-            deadline = time.monotonic() + lock_timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"waited {lock_timeout_s:.0f}s for the DuckDB store lock {database}.lock; "
-                            "another process holds it"
-                        ) from None
-                    time.sleep(0.02)
-            conn = duckdb.connect(database, config={"custom_user_agent": "distill"})
+            conn.execute("BEGIN TRANSACTION")
+            _local.active = (database, conn)
             try:
-                conn.execute("BEGIN TRANSACTION")
-                _local.active = (database, conn)
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                else:
-                    conn.execute("COMMIT")
-                finally:
-                    _local.active = None
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
             finally:
-                conn.close()
+                _local.active = None
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            conn.close()
+
+
+@contextmanager
+def read_only_connection(database: str | Path, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only DuckDB connection under the shared store lock (readers do not block each other)."""
+    database = str(database)
+    if not Path(database).exists():
+        raise FileNotFoundError(f"{database} does not exist yet: materialize something first")
+    with store_lock(database, timeout_s, shared=True) as deadline:
+        conn = connect_with_retry(database, deadline, timeout_s, read_only=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str, schema: str = "main") -> bool:
@@ -94,7 +198,7 @@ class DuckDBStore(dg.ConfigurableResource):
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with locked_connection(self.database, self.lock_timeout_s) as conn:
-            _ensure_schema(conn, self.database, self.schema_sql)
+            ensure_schema(conn, self.database, self.schema_sql)
             yield conn
 
     def query_df(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
@@ -124,7 +228,7 @@ class DuckDBStore(dg.ConfigurableResource):
             return insert_df(conn, table, df, on_conflict="replace") if not df.empty else 0
 
 
-def _ensure_schema(conn: duckdb.DuckDBPyConnection, database: str, statements: list[str]) -> None:
+def ensure_schema(conn: duckdb.DuckDBPyConnection, database: str, statements: list[str]) -> None:
     if not statements:
         return
     key = (database, hash(tuple(statements)))

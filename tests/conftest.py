@@ -40,6 +40,6 @@ def fake_server():
 
 @pytest.fixture
 def duck_resources(db_path, store):
-    from resources.io_manager import DistillDuckDBIOManager
+    from distill_assets.lib.ledger import open_io_manager
 
-    return {"store": store, "io_manager": DistillDuckDBIOManager(database=db_path)}
+    return {"store": store, "io_manager": open_io_manager(db_path)}

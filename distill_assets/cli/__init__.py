@@ -6,11 +6,12 @@
     distill backfill --category math --wait  launch a Dagster backfill (run by the daemon) and follow it
     distill lineage why|from EXAMPLE_ID      why an example was kept or dropped / where it came from
     distill failures add FILE | list         report production failures / list them
+    distill sql "select * from lineage_funnel"  a read-only query of the store
     distill report open                      the latest HTML eval report
     distill batch export-requests CAT FILE   a generation phase as a batch file, for `vllm run-batch`
     distill batch import-results REQ RES     the runner's answers into teacher_calls
 
-This module parses arguments only: the command modules (`commands.py`, `backfill.py`) import Dagster and the
+This module parses arguments only: the command modules (`commands.py`, `backfill.py`, `sql.py`) import Dagster and the
 resources, and are loaded after parsing, so `--help` is instant. Bad input (unknown category, asset or id,
 unreadable file) prints one line and exits with status 2; a failed run exits with status 1; neither prints a
 traceback (set DISTILL_DEBUG=1 to see one).
@@ -117,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--category", "-c", help="only this category")
     fl.add_argument("--json", action="store_true", help="print JSON records")
     fl.set_defaults(fn=("commands", "cmd_failures_list"))
+
+    sq = sub.add_parser("sql", parents=[common], help="run a read-only SQL query on the store",
+                        description="Run read-only SQL (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) on "
+                                    "$DISTILL_HOME/distill.duckdb and print the result; e.g. "
+                                    "distill sql \"select * from lineage_funnel\". Waits for a running step's "
+                                    "lock up to --timeout, then says who holds it.")
+    sq.add_argument("query")
+    sq.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the store lock (default 30)")
+    sq.add_argument("--json", action="store_true", help="print JSON records")
+    sq.set_defaults(fn=("sql", "cmd_sql"))
 
     r = sub.add_parser("report", parents=[common], help="the eval report")
     rsub = r.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -3,8 +3,9 @@
 import dagster as dg
 import pandas as pd
 
+from checks.upstream import upstream_artifact
 from distill_assets.lib import ledger
-from distill_assets.lib.artifacts import atomic_dir, dir_digest, is_complete, latest_artifact
+from distill_assets.lib.artifacts import atomic_dir, dir_digest, is_complete
 from distill_assets.lib.export.awq_autoawq import (
     AWQ_QUANT_CONFIG,
     awq_availability,
@@ -26,7 +27,7 @@ from resources.store import DuckDBStore
     description="AutoAWQ 4-bit GEMM export + vLLM command (CUDA + gpu extra), else an explicit skipped record.",
 )
 def awq_export(context: dg.AssetExecutionContext, store: DuckDBStore, clean_dataset: pd.DataFrame) -> dg.MaterializeResult:
-    merged = latest_artifact(store, "merged_model")
+    merged = upstream_artifact(context, store, "merged_model")
     ok, status = awq_availability()
     if not ok:
         context.log.warning(f"awq_export {status}; no AWQ file written")

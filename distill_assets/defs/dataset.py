@@ -4,8 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from distill_assets.defs.partitions import CATEGORY
-from distill_assets.defs.stage_output import stage_metadata
-from distill_assets.lib import ledger
+from distill_assets.defs.stage_output import stage_metadata, stage_table
 from distill_assets.lib.dataset import COLUMNS, clean_frame, export_dataset
 from distill_assets.lib.ids import frame_version
 from distill_assets.lib.settings import get_settings
@@ -32,14 +31,10 @@ def clean_dataset(context: dg.AssetExecutionContext, store: DuckDBStore, deconta
     rows = kept(decontaminated)
     annotated, out = clean_frame(rows, category) if len(rows) else (annotate(rows, [], [], []),
                                                                     pd.DataFrame(columns=COLUMNS))
-    if len(annotated):
-        ledger.record_lineage(store, annotated, stage="clean_dataset", category=category.name, run_id=context.run.run_id)
-    else:
-        store.replace_rows("lineage", pd.DataFrame(), "stage = ? AND category = ?", ["clean_dataset", category.name])
     version = frame_version(out)
     paths = export_dataset(out, get_settings().home / "datasets" / category.name, version)
     md = stage_metadata(store, annotated, category.name,
-                        ["example_id", "method", "instruction", "response", "verdict", "reason"])
+                        ["example_id", "method", "instruction", "response", "verdict", "reason"], stage="clean_dataset")
     md.update({
         "dataset_version": version,
         "rows": dg.MetadataValue.int(int(len(out))),
@@ -47,7 +42,9 @@ def clean_dataset(context: dg.AssetExecutionContext, store: DuckDBStore, deconta
         "path": dg.MetadataValue.path(str(paths["parquet"].parent)),
         "preview": dg.MetadataValue.md(out.head(5).to_markdown(index=False) if len(out) else "(no rows)"),
     })
-    return dg.Output(out, metadata=md, data_version=dg.DataVersion(version))
+    # the table and the verdicts (incl. rows quarantined here, which are not in the table) in one transaction
+    return dg.Output(stage_table(context, out, annotated, "clean_dataset"), metadata=md,
+                     data_version=dg.DataVersion(version))
 
 
 assets = [clean_dataset]

@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import Field
 
 from checks.eval_report import build_eval_report_checks
+from checks.upstream import upstream_artifact_or_reason
 from distill_assets.lib.evaluation import pairwise as pw
 from distill_assets.lib.evaluation import pipeline as pl
 from distill_assets.lib.evaluation import report as rp
@@ -51,21 +52,10 @@ class EvalReportConfig(dg.Config):
     code_timeout_s: float = Field(default=5.0, gt=0)
 
 
-def _upstream_skip_reason(context: dg.AssetExecutionContext, asset: str) -> str | None:
-    """A 'skipped: ...' note an upstream export recorded in its materialization metadata (e.g. AWQ on CPU)."""
-    try:
-        ev = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
-    except Exception:
-        return None
-    mat = ev.asset_materialization if ev is not None else None
-    if mat is None:
-        return None
-    for key in ("skipped", "status", "reason"):
-        v = mat.metadata.get(key)
-        text = getattr(v, "value", v)
-        if isinstance(text, str) and text.strip().startswith("skipped"):
-            return text.strip()
-    return None
+def _upstream_variants(context: dg.AssetExecutionContext, store: DuckDBStore) -> dict:
+    """The artifact each upstream materialization in this run's lineage names (or why there is none)."""
+    return {asset: upstream_artifact_or_reason(context, store, asset, several=asset == "gguf_export")
+            for asset in UPSTREAM}
 
 
 @dg.asset(
@@ -87,8 +77,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalReportConfig, eva
     run_id = context.run.run_id
     log = context.log.info
 
-    specs = vr.discover_variants(store, awq_skip_reason=_upstream_skip_reason(context, "awq_export"),
-                                 gguf_kinds=tuple(config.gguf_kinds))
+    specs = vr.discover_variants(_upstream_variants(context, store), gguf_kinds=tuple(config.gguf_kinds))
     merged = next((s for s in specs if s.name == MERGED), None)
     version = vr.adapter_version_of(merged)
     items = vr.build_items(eval_df, categories)

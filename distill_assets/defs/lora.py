@@ -6,8 +6,9 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from checks.upstream import upstream_artifact
 from distill_assets.lib import ledger
-from distill_assets.lib.artifacts import dir_digest, latest_artifact
+from distill_assets.lib.artifacts import dir_digest
 from distill_assets.lib.ids import frame_version
 from distill_assets.lib.settings import get_settings
 from distill_assets.lib.tasks import load_tasks
@@ -43,7 +44,7 @@ def lora_adapter(
 ) -> dg.MaterializeResult:
     plan = resolve_plan(config)
     context.log.info(f"training profile: {plan.profile_reason}; QLoRA: {plan.qlora_status}")
-    base = latest_artifact(store, "student_base_model")
+    base = upstream_artifact(context, store, "student_base_model")
     base_dir = Path(base["path"])
     version = frame_version(clean_dataset)
     dataset_artifact = register_dataset_version(store, clean_dataset, version, context.run.run_id)

@@ -5,8 +5,9 @@ import json
 import dagster as dg
 
 from checks.merged_model import build_merged_model_checks
+from checks.upstream import upstream_artifact
 from distill_assets.lib import ledger
-from distill_assets.lib.artifacts import atomic_dir, dir_digest, is_complete, latest_artifact
+from distill_assets.lib.artifacts import atomic_dir, dir_digest, is_complete
 from distill_assets.lib.export.merge import merge_adapter
 from distill_assets.lib.settings import get_settings
 from resources.store import DuckDBStore
@@ -21,7 +22,7 @@ from resources.store import DuckDBStore
     description="Base + LoRA merged (merge_and_unload), fp32 safetensors with tokenizer and chat template.",
 )
 def merged_model(context: dg.AssetExecutionContext, store: DuckDBStore) -> dg.MaterializeResult:
-    adapter = latest_artifact(store, "lora_adapter")
+    adapter = upstream_artifact(context, store, "lora_adapter")
     base_dir = adapter["metadata"]["base_model_path"]
     out = get_settings().artifacts / "merged_model" / adapter["sha256"][:16]
     if not is_complete(out):

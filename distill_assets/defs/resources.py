@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from distill_assets.lib.ledger import open_store
+from distill_assets.lib.ledger import open_io_manager, open_store
 from distill_assets.lib.settings import (
     embedded_embedder_dir,
     embedded_teacher_gguf,
@@ -14,7 +14,6 @@ from distill_assets.lib.settings import (
     openai_headers_env,
 )
 from resources.embedder import EmbedderResource
-from resources.io_manager import DistillDuckDBIOManager
 from resources.llm import LLMResource
 
 
@@ -69,7 +68,7 @@ def build_resources() -> dict:
     s = get_settings()
     db = str(s.database)
     return {
-        "io_manager": DistillDuckDBIOManager(database=db),
+        "io_manager": open_io_manager(db),
         "store": open_store(db),
         "teacher": llm_from_env("TEACHER", "teacher"),
         "judge": llm_from_env("JUDGE", "judge", fallback="TEACHER"),

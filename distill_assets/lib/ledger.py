@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from distill_assets.lib.settings import store_lock_timeout_s
 from distill_assets.lib.stages import STAGE_ORDER
+from resources.io_manager import DistillDuckDBIOManager
 from resources.store import DuckDBStore, utcnow
 
 TABLES: dict[str, str] = {
@@ -100,6 +102,12 @@ TABLES: dict[str, str] = {
             adapter_version VARCHAR PRIMARY KEY, promoted BOOLEAN, win_rate_vs_base DOUBLE, win_ci_low DOUBLE,
             win_rate_vs_teacher DOUBLE, transfer_ratio DOUBLE, failed_categories VARCHAR, reasons VARCHAR,
             severity VARCHAR, eval_run_id VARCHAR, decided_at TIMESTAMPTZ)""",
+    # the partitions the IO manager wrote, in the same transaction as their rows (resources/io_manager.py):
+    # reading one that is not here fails with its name instead of passing an empty frame downstream
+    "_distill_partitions": """
+        CREATE TABLE IF NOT EXISTS _distill_partitions (
+            asset_table VARCHAR, partition_key VARCHAR, row_count BIGINT, run_id VARCHAR, written_at TIMESTAMPTZ,
+            PRIMARY KEY (asset_table, partition_key))""",
     "promotion_decisions": """
         CREATE TABLE IF NOT EXISTS promotion_decisions (
             adapter_version VARCHAR PRIMARY KEY, baseline_version VARCHAR, gate_promoted BOOLEAN, promoted BOOLEAN,
@@ -148,11 +156,23 @@ def schema_statements() -> list[str]:
 
 def open_store(database: str, **kwargs: Any) -> DuckDBStore:
     """A store over `database` that creates the ledger's tables and views on first use."""
+    kwargs.setdefault("lock_timeout_s", store_lock_timeout_s())
     return DuckDBStore(database=str(database), schema_sql=schema_statements(), **kwargs)
+
+
+def open_io_manager(database: str, **kwargs: Any) -> DistillDuckDBIOManager:
+    """The asset-table IO manager over `database`, with the ledger's tables (lineage, partitions) created."""
+    kwargs.setdefault("lock_timeout_s", store_lock_timeout_s())
+    return DistillDuckDBIOManager(database=str(database), schema_sql=schema_statements(), **kwargs)
+
+
+LINEAGE_COLUMNS = ["example_id", "category", "stage", "verdict", "reason", "evidence", "run_id", "recorded_at"]
 
 
 def lineage_frame(rows: pd.DataFrame, stage: str, category: str, run_id: str) -> pd.DataFrame:
     """Verdict rows in the lineage table's columns; evidence becomes JSON text."""
+    if rows.empty:
+        return pd.DataFrame(columns=LINEAGE_COLUMNS)
     out = pd.DataFrame(
         {
             "example_id": rows["example_id"].astype(str).to_numpy(),

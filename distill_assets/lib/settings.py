@@ -135,6 +135,12 @@ def k8s_gpu_node_selector_raw() -> str | None:
     return env("DISTILL_K8S_GPU_NODE_SELECTOR")
 
 
+def store_lock_timeout_s() -> float:
+    """DISTILL_STORE_LOCK_TIMEOUT_S: how long a step waits for the DuckDB store (another step, `distill sql`, or
+    an outside process holding the file), then fails naming the holder."""
+    return float(env("DISTILL_STORE_LOCK_TIMEOUT_S") or 900)
+
+
 def log_level() -> str:
     return (env("DISTILL_LOG_LEVEL") or "INFO").upper()
 

@@ -64,6 +64,22 @@ def funnel(store: DuckDBStore, category: str | None = None) -> pd.DataFrame:
     return df.sort_values(["category", "order"]).drop(columns="order").reset_index(drop=True)
 
 
+def with_stage(f: pd.DataFrame, df: pd.DataFrame, stage: str, category: str) -> pd.DataFrame:
+    """The funnel `f` with `stage`'s row recounted from its annotated output `df` (its verdicts are written
+    with the table, after the metadata is computed)."""
+    v = df["verdict"] if "verdict" in df.columns else pd.Series(dtype=str)
+    n = len(df)
+    row = {"category": category, "stage": stage, "rows_in": n, "kept": int((v == KEPT).sum()),
+           "dropped": int((v == DROPPED).sum()), "quarantined": int((v == QUARANTINED).sum())}
+    row["loss"] = 1 - row["kept"] / n if n else float("nan")
+    rest = f[f["stage"] != stage] if not f.empty else f
+    out = pd.concat([rest, pd.DataFrame([row])], ignore_index=True) if n else rest
+    if out.empty:
+        return out
+    out = out.assign(order=out["stage"].map({s: i for i, s in enumerate(STAGE_ORDER)}).fillna(99))
+    return out.sort_values(["category", "order"]).drop(columns="order").reset_index(drop=True)
+
+
 def preview_markdown(df: pd.DataFrame, columns: list[str], n: int = 5, width: int = 80) -> str:
     cols = [c for c in columns if c in df.columns]
     if df.empty or not cols:

@@ -12,8 +12,7 @@ from distill_assets.defs.partitions import CATEGORY
 from distill_assets.defs.resources import embedded_embedder
 from distill_assets.lib.contamination import category_shared_text, seed_texts, training_texts
 from distill_assets.lib.filters.decontaminate import decontaminate
-from distill_assets.lib.ledger import open_store
-from resources.io_manager import DistillDuckDBIOManager
+from distill_assets.lib.ledger import open_io_manager, open_store
 from tests.checks.helpers import (
     CATEGORY_NAME,
     category,
@@ -169,7 +168,9 @@ def _graph(frame: pd.DataFrame):
     def clean_stand_in() -> pd.DataFrame:
         return frame
 
-    @dg.asset(name="lora_adapter", ins={"clean_dataset": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
+    # the one partition this test materializes (reading a never-materialized partition is an error)
+    @dg.asset(name="lora_adapter", ins={"clean_dataset": dg.AssetIn(
+        partition_mapping=dg.SpecificPartitionsPartitionMapping([CATEGORY_NAME]))})
     def lora_stand_in(clean_dataset: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"rows": [len(clean_dataset)]})
 
@@ -179,7 +180,7 @@ def _graph(frame: pd.DataFrame):
 
 def _resources(tmp_path, embedder):
     db = str(tmp_path / "d.duckdb")
-    return {"io_manager": DistillDuckDBIOManager(database=db), "store": open_store(db),
+    return {"io_manager": open_io_manager(db), "store": open_store(db),
             "embedder": embedder}
 
 

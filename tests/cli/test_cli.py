@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 COMMANDS = [
     [], ["quickstart"], ["ui"], ["materialize"], ["backfill"], ["lineage"], ["lineage", "why"], ["lineage", "from"],
-    ["failures"], ["failures", "add"], ["failures", "list"], ["report"], ["report", "open"],
+    ["failures"], ["failures", "add"], ["failures", "list"], ["report"], ["report", "open"], ["sql"],
     ["batch"], ["batch", "export-requests"], ["batch", "import-results"],
 ]
 

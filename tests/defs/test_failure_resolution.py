@@ -233,8 +233,7 @@ def test_in_training_failures_are_not_answered_by_another_adapters_merged_model(
                             dataset_version="v", run_id="r", metadata={})
     res = _run(duck_resources, _candidate_rows(f))
     note = _resolution_md(res)["in_training_note"].value
-    assert note.startswith(f"skipped: the latest merged model merged_model:stale is of adapter {OLD}, not the "
-                           f"promoted {NEW}")
+    assert note.startswith(f"skipped: no merged model of the promoted adapter {NEW}")  # not {OLD}'s merge
     got = _statuses(store, f)
     assert (got["t_seeded1"][0], got["t_seeded2"][0], got["t_pending"][0]) == ("in_training", "in_training",
                                                                               "pending")

@@ -8,8 +8,7 @@ import pytest
 from distill_assets.defs import awq, gguf, lora, merge, student
 from distill_assets.defs.partitions import CATEGORY
 from distill_assets.lib.ids import frame_version
-from distill_assets.lib.ledger import open_store
-from resources.io_manager import DistillDuckDBIOManager
+from distill_assets.lib.ledger import open_io_manager, open_store
 from tests.lib.training.tiny_model import clean_frame, session_dirs
 
 
@@ -28,7 +27,7 @@ def test_graph_materializes_with_lineage_and_checks(tiny, tmp_path, monkeypatch)
     # random-init 64-wide model: see tests/lib/export/test_gguf.py
     monkeypatch.setenv("DISTILL_GGUF_PARITY_THRESHOLDS", json.dumps({"q8_0": {"min_top1": 0.8}, "q4_k_m": {"min_top1": 0.5}}))
     db = str(tmp_path / "d.duckdb")
-    resources = {"store": open_store(db), "io_manager": DistillDuckDBIOManager(database=db)}
+    resources = {"store": open_store(db), "io_manager": open_io_manager(db)}
     keys = CATEGORY.get_partition_keys()
     frame = clean_frame(4, categories=tuple(keys))
 

@@ -14,6 +14,7 @@ from distill_assets.defs.lora import lora_adapter
 from distill_assets.defs.merge import merged_model
 from distill_assets.defs.partitions import CATEGORY
 from distill_assets.defs.student import student_base_model
+from distill_assets.lib.artifacts import artifact_row
 from distill_assets.lib.evaluation import variants as vr
 from distill_assets.lib.evaluation.variants import adapter_version_of
 from distill_assets.lib.ids import frame_version
@@ -48,7 +49,9 @@ def test_two_retrains_keep_both_versions_linked(tmp_path_factory, distill_home, 
         versions.append(frame_version(store.query_df("SELECT * FROM clean_dataset")))
 
         # the version the eval report and the gate name this model by is the adapter's artifact id
-        spec = next(s for s in vr.discover_variants(store) if s.name == vr.MERGED)
+        merged_id = res.asset_materializations_for_node("merged_model")[0].metadata["artifact_id"].value
+        spec = next(s for s in vr.discover_variants({"merged_model": artifact_row(store, merged_id)})
+                    if s.name == vr.MERGED)
         latest_lora = store.query_df("SELECT artifact_id FROM artifacts WHERE asset = 'lora_adapter' "
                                      "ORDER BY created_at DESC LIMIT 1").iloc[0]["artifact_id"]
         assert adapter_version_of(spec) == latest_lora

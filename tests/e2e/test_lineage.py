@@ -13,10 +13,9 @@ from distill_assets.defs.resources import embedded_embedder
 from distill_assets.defs.stage_output import publish_stage
 from distill_assets.lib.dataset import COLUMNS
 from distill_assets.lib.ids import frame_version
-from distill_assets.lib.ledger import open_store
+from distill_assets.lib.ledger import open_io_manager, open_store
 from distill_assets.lib.lineage import funnel, origin, why
 from distill_assets.lib.stages import annotate, kept
-from resources.io_manager import DistillDuckDBIOManager
 from resources.store import DuckDBStore
 
 SYSTEM = "You are a support agent."
@@ -85,7 +84,7 @@ def materialized(tmp_path_factory):
     store = open_store(db)
     res = dg.materialize(
         [raw_standin, quality_filtered, deduplicated, verified_standin, balanced, decon_standin, clean_dataset],
-        resources={"io_manager": DistillDuckDBIOManager(database=db), "store": store,
+        resources={"io_manager": open_io_manager(db), "store": store,
                    "embedder": embedded_embedder()},
         partition_key="support")
     assert res.success

@@ -8,14 +8,13 @@ import pandas as pd
 
 from distill_assets.defs.eval_set import eval_set
 from distill_assets.defs.seeds import seed_prompts
-from distill_assets.lib.ledger import open_store
+from distill_assets.lib.ledger import open_io_manager, open_store
 from distill_assets.lib.production import intake, state
 from distill_assets.lib.tasks import load_tasks
-from resources.io_manager import DistillDuckDBIOManager
 
 
 def _resources(db):
-    return {"store": open_store(db), "io_manager": DistillDuckDBIOManager(database=db)}
+    return {"store": open_store(db), "io_manager": open_io_manager(db)}
 
 
 def _materialize(db, cats):

@@ -1,7 +1,7 @@
 """End to end over the whole graph: failures -> sensor -> targeted run -> held-out failures never in training.
 
 Needs every per-category asset (seeds through clean_dataset, eval_set) in distill_assets.definitions, the
-fake OpenAI server as teacher and judge, and the packaged embedder. Slow: run with `-m slow`.
+fake OpenAI server as teacher and judge, and the packaged embedder.
 """
 
 import json

@@ -12,10 +12,9 @@ import pytest
 
 from distill_assets.defs.evaluation import eval_gate, eval_report
 from distill_assets.lib import ledger
-from distill_assets.lib.ledger import open_store
+from distill_assets.lib.ledger import open_io_manager, open_store
 from distill_assets.lib.records import load_eval_file
 from distill_assets.lib.tasks import load_tasks
-from resources.io_manager import DistillDuckDBIOManager
 from resources.llm import LLMResource
 from resources.store import DuckDBStore
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -118,20 +117,22 @@ def test_eval_report_end_to_end(tmp_path, monkeypatch, tiny_models):
     def artifact_asset(name, path=None, skipped=None):
         @dg.asset(name=name)
         def _a(context, store: DuckDBStore) -> dg.MaterializeResult:
+            artifact_id = f"{name}-{context.run.run_id[:6]}"
             if path is not None:
-                ledger.register_artifact(store, artifact_id=f"{name}-{context.run.run_id[:6]}", asset=name, kind="hf_model",
+                ledger.register_artifact(store, artifact_id=artifact_id, asset=name, kind="hf_model",
                                         path=str(path), sha256="x", bytes=1, parent_artifact_id=f"adapter-{context.run.run_id[:6]}",
                                         dataset_version="d1", run_id=context.run.run_id, metadata={})
-            return dg.MaterializeResult(metadata={"skipped": skipped} if skipped else {"path": str(path)})
+            return dg.MaterializeResult(metadata={"status": skipped} if skipped else {"artifact_id": artifact_id})
         return _a
 
     upstream = [artifact_asset("student_base_model", tiny_models["base"]),
                 artifact_asset("merged_model", tiny_models["merged"]),
-                artifact_asset("gguf_export"), artifact_asset("awq_export", skipped="skipped: needs CUDA")]
+                artifact_asset("gguf_export", skipped="skipped: stand-in, no GGUF files"),
+                artifact_asset("awq_export", skipped="skipped: needs CUDA")]
     with FakeOpenAIServer(responder=_responder) as server:
         llm = dict(base_url=server.base_url, model="fake", max_retries=1, price_prompt_per_1m=1.0,
                    price_completion_per_1m=2.0)
-        resources = {"io_manager": DistillDuckDBIOManager(database=db), "store": store,
+        resources = {"io_manager": open_io_manager(db), "store": store,
                      "teacher": LLMResource(role="teacher", **llm), "judge": LLMResource(role="judge", **llm)}
         instance = dg.DagsterInstance.ephemeral()
         for c in tasks.names:

@@ -1,9 +1,9 @@
-"""Atomic artifact folders, their digest, and the newest artifact row."""
+"""Atomic artifact folders, their digest, and artifact rows by id."""
 
 import pytest
 
 from distill_assets.lib import ledger
-from distill_assets.lib.artifacts import atomic_dir, dir_digest, is_complete, latest_artifact
+from distill_assets.lib.artifacts import artifact_chain, artifact_row, atomic_dir, dir_digest, is_complete
 from distill_assets.lib.ledger import open_store
 
 
@@ -31,11 +31,14 @@ def test_digest_ignores_marker_and_checkpoints(tmp_path):
     assert dir_digest(d)[0] != sha
 
 
-def test_latest_artifact_names_the_missing_asset(tmp_path):
+def test_artifact_row_by_id_and_its_chain(tmp_path):
     store = open_store(str(tmp_path / "d.duckdb"))
-    with pytest.raises(RuntimeError, match="materialize merged_model first"):
-        latest_artifact(store, "merged_model")
-    ledger.register_artifact(store, artifact_id="m1", asset="merged_model", kind="hf_model", path="/p", sha256="s",
-                             bytes=1, parent_artifact_id=None, dataset_version=None, run_id="r",
-                             metadata={"k": 1})
-    assert latest_artifact(store, "merged_model")["metadata"] == {"k": 1}
+    with pytest.raises(LookupError, match="rematerialize merged_model"):
+        artifact_row(store, "merged_model:x", "merged_model")
+    for aid, asset, parent in (("a1", "lora_adapter", None), ("m1", "merged_model", "a1")):
+        ledger.register_artifact(store, artifact_id=aid, asset=asset, kind="k", path="/p", sha256="s", bytes=1,
+                                 parent_artifact_id=parent, dataset_version=None, run_id="r", metadata={"k": aid})
+    assert artifact_row(store, "m1", "merged_model")["metadata"] == {"k": "m1"}
+    with pytest.raises(LookupError, match="belongs to lora_adapter"):
+        artifact_row(store, "a1", "merged_model")
+    assert [r["artifact_id"] for r in artifact_chain(store, "m1")] == ["m1", "a1"]

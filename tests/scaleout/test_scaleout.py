@@ -166,7 +166,6 @@ def test_vllm_fleet_manifests_are_valid_kubernetes_objects():
     assert env["data"]["TEACHER_MODEL"] == "teacher"
 
 
-@pytest.mark.slow
 def test_scaleout_code_location_runs_on_k8s_job_executor(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
     import importlib

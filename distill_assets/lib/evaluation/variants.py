@@ -57,52 +57,54 @@ def build_items(eval_df: pd.DataFrame, categories: dict[str, Any]) -> list[dict]
 
 # --- discovery ------------------------------------------------------------------------------------------------
 
-def _latest_artifacts(store, asset: str) -> pd.DataFrame:
-    if not store.table_exists("artifacts"):
-        return pd.DataFrame()
-    return store.query_df(
-        "SELECT * FROM artifacts WHERE asset = ? ORDER BY created_at DESC", [asset])
+Found = dict | str  # an artifacts row (metadata parsed), or why there is none ("skipped: ...")
 
 
-def _meta(row: dict) -> dict:
-    try:
-        return json.loads(row.get("metadata") or "{}") or {}
-    except (TypeError, json.JSONDecodeError):
-        return {}
+def _spec(name: str, kind: str, row: dict) -> VariantSpec:
+    return VariantSpec(name, kind, row["path"], row["artifact_id"], metadata={**row, "meta": row.get("metadata") or {}})
 
 
-def discover_variants(store, *, awq_skip_reason: str | None = None,
+def discover_variants(found: dict[str, Found | dict[str, dict]], *,
                       gguf_kinds: tuple[str, ...] = GGUF_KINDS) -> list[VariantSpec]:
-    """The teacher plus every student artifact registered in `artifacts` (latest per asset and kind)."""
+    """The teacher plus the student artifacts eval_report's upstream materializations name: `found` maps
+    student_base_model, merged_model and awq_export to an artifacts row (or a skip reason) and gguf_export to
+    {quant: row} (or a skip reason). Rows come from the run's own lineage (checks/upstream.py), never from
+    "the newest row" of the artifacts table."""
     specs = [VariantSpec(TEACHER, "teacher")]
     for asset, name in (("student_base_model", BASE), ("merged_model", MERGED)):
-        a = _latest_artifacts(store, asset)
-        if a.empty:
-            specs.append(VariantSpec(name, "hf", skipped=f"skipped: no {asset} artifact registered"))
-        else:
-            row = a.iloc[0].to_dict()
-            specs.append(VariantSpec(name, "hf", row["path"], row["artifact_id"], metadata={**row, "meta": _meta(row)}))
+        row = found.get(asset, f"skipped: no {asset} artifact registered")
+        specs.append(VariantSpec(name, "hf", skipped=row) if isinstance(row, str) else _spec(name, "hf", row))
     merged_id = next((s.artifact_id for s in specs if s.name == MERGED), None)
 
     def export_spec(name: str, kind: str, row: dict) -> VariantSpec:
         # an export of an older merged model must not be reported as this adapter's export
+        spec = _spec(name, kind, row)
         parent = row.get("parent_artifact_id")
-        stale = (f"skipped: stale export (made from {parent}, not the current merged model {merged_id}); "
-                 "rematerialize the export") if parent and merged_id and parent != merged_id else None
-        return VariantSpec(name, kind, row["path"], row["artifact_id"], skipped=stale,
-                           metadata={**row, "meta": _meta(row)})
+        if parent and merged_id and parent != merged_id:
+            spec.skipped = (f"skipped: stale export (made from {parent}, not the current merged model {merged_id}); "
+                            "rematerialize the export")
+        return spec
 
-    g = _latest_artifacts(store, "gguf_export")
-    for kind in gguf_kinds:
-        rows = g[g["kind"] == kind] if not g.empty else g
-        if not rows.empty:
-            specs.append(export_spec(kind, "gguf", rows.iloc[0].to_dict()))
-    a = _latest_artifacts(store, "awq_export")
-    if a.empty or awq_skip_reason:
-        specs.append(VariantSpec("awq", "awq", skipped=awq_skip_reason or "skipped: no awq_export artifact registered"))
+    g = found.get("gguf_export", {})
+    if isinstance(g, str):
+        specs.extend(VariantSpec(k, "gguf", skipped=g) for k in gguf_kinds)
     else:
-        specs.append(export_spec("awq", "awq", a.iloc[0].to_dict()))
+        by_kind = {r["kind"]: r for r in g.values()}
+        specs.extend(export_spec(k, "gguf", by_kind[k]) for k in gguf_kinds if k in by_kind)
+    a = found.get("awq_export", "skipped: no awq_export artifact registered")
+    specs.append(VariantSpec("awq", "awq", skipped=a) if isinstance(a, str) else export_spec("awq", "awq", a))
     return specs
+
+
+def merged_of_adapter(store, adapter_version: str) -> VariantSpec | None:
+    """The merged model made from `adapter_version` (named by id, so another adapter's merge is never used)."""
+    df = store.query_df("SELECT * FROM artifacts WHERE asset = 'merged_model' AND parent_artifact_id = ? "
+                        "ORDER BY created_at DESC LIMIT 1", [adapter_version])
+    if df.empty:
+        return None
+    row = df.iloc[0].to_dict()
+    row["metadata"] = json.loads(row["metadata"]) if isinstance(row.get("metadata"), str) else {}
+    return _spec(MERGED, "hf", row)
 
 
 def size_on_disk(path: str | None) -> int | None:

@@ -10,9 +10,7 @@
 import json
 import math
 
-from distill_assets.lib.artifacts import latest_artifact
 from distill_assets.lib.settings import gguf_parity_thresholds_raw
-from resources.store import DuckDBStore
 
 MERGE_MAX_ABS_DIFF = 1e-3
 # Measured on SmolLM2-135M (merged after a short LoRA run), 5 prompts / 233 tokens:
@@ -82,17 +80,3 @@ def gguf_parity_table(rows: list[dict]) -> str:
               f"{str(r.get('generation', '')).replace('|', '/').replace(chr(10), ' ')[:60]} |" for r in rows]
     return "\n".join(table)
 
-
-def latest_gguf_files(store: DuckDBStore) -> tuple[dict, dict]:
-    """(newest merged_model artifact, {quant: {path, sha256}} of the GGUF files exported from it)."""
-    merged = latest_artifact(store, "merged_model")
-    rows = store.query_df(
-        "SELECT * FROM artifacts WHERE asset = 'gguf_export' AND parent_artifact_id = ? ORDER BY created_at",
-        [merged["artifact_id"]],
-    )
-    files = {}
-    for r in rows.itertuples(index=False):
-        files[r.kind.removeprefix("gguf_")] = {"path": r.path, "sha256": r.sha256}
-    if not files:
-        raise RuntimeError(f"no gguf_export artifacts for {merged['artifact_id']}; materialize gguf_export first")
-    return merged, files

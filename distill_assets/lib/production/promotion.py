@@ -31,7 +31,6 @@ import pandas as pd
 from distill_assets.lib.evaluation import variants as vr
 from distill_assets.lib.evaluation.gate import gate_decision, gate_targets, record_decision
 from distill_assets.lib.evaluation.metrics import MERGED, score_generations, score_response
-from distill_assets.lib.evaluation.variants import adapter_version_of
 from distill_assets.lib.production import HELD_OUT, HELDOUT_SPLIT, IN_TRAINING, RESOLVED
 from distill_assets.lib.production.state import set_status
 from distill_assets.lib.records import eval_id, gold_reference
@@ -202,14 +201,11 @@ def resolve_trained(store: DuckDBStore, version: str, tasks: TaskFile, max_new_t
     df = df[df["category"].isin(tasks.names)]
     if df.empty:
         return [], None
-    spec = next((s for s in vr.discover_variants(store) if s.name == MERGED), None)
-    if spec is None or spec.skipped or not spec.path:
-        return [], f"skipped: no merged model to answer in_training failures ({spec.skipped if spec else 'none'})"
-    made_from = adapter_version_of(spec)
-    if made_from != version:
-        # answers of another model would resolve failures in the promoted model's name
-        return [], (f"skipped: the latest merged model {spec.artifact_id} is of adapter {made_from}, not the "
-                    f"promoted {version}; rematerialize merged_model")
+    # the promoted adapter's own merge: answers of another model would resolve failures in its name
+    spec = vr.merged_of_adapter(store, version)
+    if spec is None or not spec.path:
+        return [], (f"skipped: no merged model of the promoted adapter {version} to answer in_training failures; "
+                    "materialize merged_model")
     cats = {c.name: c for c in tasks.categories}
     ev = pd.DataFrame({"eval_id": df["failure_id"], "category": df["category"], "prompt": df["input"],
                        "difficulty": "medium",

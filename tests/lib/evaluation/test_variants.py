@@ -10,19 +10,36 @@ from distill_assets.lib.ledger import open_store
 from resources.store import utcnow
 
 
-def test_discover_variants_from_artifacts(tmp_path):
-    store = open_store(str(tmp_path / "d.duckdb"))
-    for aid, asset, kind in [("b1", "student_base_model", "hf_model"), ("m1", "merged_model", "hf_model"),
-                             ("g1", "gguf_export", "gguf_q4_k_m"), ("g2", "gguf_export", "gguf_q8_0")]:
-        ledger.register_artifact(store, artifact_id=aid, asset=asset, kind=kind, path=str(tmp_path / aid), sha256="x",
-                                bytes=1, parent_artifact_id={"g1": "m1", "g2": "m0"}.get(aid, "adapter-7"), dataset_version="d", run_id="r",
-                                metadata={"adapter_version": "a7"} if aid == "m1" else {})
-    specs = {s.name: s for s in vr.discover_variants(store, awq_skip_reason="skipped: needs CUDA")}
+def test_discover_variants_from_the_upstream_artifacts(tmp_path):
+    def row(aid, asset, kind, parent, metadata=None):
+        return {"artifact_id": aid, "asset": asset, "kind": kind, "path": str(tmp_path / aid), "sha256": "x",
+                "bytes": 1, "parent_artifact_id": parent, "metadata": metadata or {}}
+
+    found = {"student_base_model": row("b1", "student_base_model", "hf_model", None),
+             "merged_model": row("m1", "merged_model", "hf_model", "adapter-7", {"adapter_version": "a7"}),
+             "gguf_export": {"q4_k_m": row("g1", "gguf_export", "gguf_q4_k_m", "m1"),
+                             "q8_0": row("g2", "gguf_export", "gguf_q8_0", "m0")},
+             "awq_export": "skipped: needs llm-compressor"}
+    specs = {s.name: s for s in vr.discover_variants(found)}
     assert list(specs) == ["teacher", "base_student", "merged_student", "gguf_q8_0", "gguf_q4_k_m", "awq"]
-    assert specs["awq"].skipped == "skipped: needs CUDA" and specs["gguf_q4_k_m"].kind == "gguf"
-    assert specs["gguf_q4_k_m"].skipped is None
+    assert specs["awq"].skipped == "skipped: needs llm-compressor" and specs["gguf_q4_k_m"].kind == "gguf"
+    assert specs["gguf_q4_k_m"].skipped is None and specs["gguf_q4_k_m"].path == str(tmp_path / "g1")
     assert specs["gguf_q8_0"].skipped.startswith("skipped: stale export")  # made from an older merged model
     assert vr.adapter_version_of(specs["merged_student"]) == "a7"
+    none = {s.name: s.skipped for s in vr.discover_variants({"gguf_export": "skipped: gguf_export has never been "
+                                                                            "materialized"})}
+    assert none["merged_student"] == "skipped: no merged_model artifact registered"
+    assert none["gguf_f16"].endswith("never been materialized")  # a missing export is a row with its reason
+
+
+def test_merged_of_adapter_names_the_adapter(tmp_path):
+    store = open_store(str(tmp_path / "d.duckdb"))
+    for aid, parent in (("merged_model:a", "lora_adapter:A"), ("merged_model:b", "lora_adapter:B")):
+        ledger.register_artifact(store, artifact_id=aid, asset="merged_model", kind="hf_model", path=f"/p/{aid}",
+                                 sha256="s", bytes=1, parent_artifact_id=parent, dataset_version="d", run_id="r",
+                                 metadata={})
+    assert vr.merged_of_adapter(store, "lora_adapter:A").artifact_id == "merged_model:a"  # not the newest
+    assert vr.merged_of_adapter(store, "lora_adapter:C") is None
 
 
 def test_efficiency_row_and_cost_estimate():
@@ -52,7 +69,7 @@ def test_teacher_price_comes_from_the_ledger(tmp_path):
     assert price["usd_per_1m_tokens"] == pytest.approx(1.5) and price["source"].startswith("ledger")
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_gguf_generation_in_a_worker_process():
     from distill_assets.lib.settings import embedded_teacher_gguf
 

@@ -1,4 +1,4 @@
-"""The real embedded student: GGUF -> HF conversion, a few LoRA steps, merge parity (slow: minutes on 2 cores)."""
+"""The real embedded student: GGUF -> HF conversion, a few LoRA steps, merge parity (in the default suite)."""
 
 import pytest
 
@@ -11,7 +11,7 @@ from distill_assets.lib.training.student import resolve_student_base
 from tests.lib.training.tiny_model import VALIDATION_FRACTION, clean_frame
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_real_135m_student_few_steps(tmp_path):
     import json
 
