@@ -61,6 +61,13 @@ class Methods(_Strict):
         return {k: getattr(self, k) for k in type(self).model_fields if getattr(self, k) is not None}
 
 
+class Generation(_Strict):
+    logprobs: int | None = Field(
+        default=None, ge=0, le=20,
+        description="ask the teacher for the top-k logprobs of each answer token (teacher_logprobs, for "
+                    "mode sparse_kd); 0 or null = off. OpenAI allows at most 20")
+
+
 class Filters(_Strict):
     min_tokens: int = Field(default=8, ge=0, description="response length floor, student tokens")
     max_tokens: int = Field(default=2048, ge=1, description="response length ceiling, student tokens")
@@ -144,6 +151,7 @@ class Category(_Strict):
     samples_per_prompt: int = Field(default=2, ge=1, le=64)
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=512, ge=1, le=32768)
+    generation: Generation = Field(default_factory=Generation)
     verify: VerifyKind = "none"
     labels: list[str] | None = None
     complexity: Complexity = "moderate"
