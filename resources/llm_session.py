@@ -94,10 +94,11 @@ class LLMSession:
                 row[JOURNAL_KEY] = logprob_row(result.call_key, result.model, result.logprobs, request.top_logprobs,
                                                self.token_map, row["created_at"])
                 self.stats["logprobs"] += 1
+            elif not self.stats["no_logprobs"]:
+                self.stats["no_logprobs"] = 1
+                self.log.warning(f"{self.cfg.role} endpoint answered without logprobs though top_logprobs="
+                                 f"{request.top_logprobs} was asked: this server does not return them")
             else:
-                if not self.stats["no_logprobs"]:
-                    self.log.warning(f"{self.cfg.role} endpoint answered without logprobs though top_logprobs="
-                                     f"{request.top_logprobs} was asked: this server does not return them")
                 self.stats["no_logprobs"] += 1
         with self._swap:
             self.journal.append(row)

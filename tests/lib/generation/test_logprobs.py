@@ -84,3 +84,27 @@ def test_clean_rows_find_their_logprobs_through_lineage(store, tmap):
     assert t.ids[:, 0].tolist() == [tmap.id_of("Hi", None), tmap.id_of("!", None)]
     with pytest.raises(Exception, match="generation_id"):
         example_logprobs(store, clean.drop(columns="generation_id"))
+
+
+def test_the_task_file_asks_answers_only_for_logprobs(tmp_path):
+    from distill_assets.lib.errors import InputErrors
+    from distill_assets.lib.generation.plan import initial_steps
+    from distill_assets.lib.records import load_seed_file
+    from distill_assets.lib.tasks import parse_task_file
+
+    (tmp_path / "s.jsonl").write_text('{"prompt": "Say hi"}\n{"prompt": "Say bye"}\n')
+    (tmp_path / "e.jsonl").write_text('{"prompt": "Say what"}\n')
+    head = "categories:\n  - name: t\n    description: d\n    system_prompt: s\n    seeds: s.jsonl\n    eval: e.jsonl\n"
+    (tmp_path / "t.yaml").write_text(head + "    methods: {response: 2, evol_instruct: 1}\n    generation: {logprobs: 5}\n")
+    cat = parse_task_file(tmp_path / "t.yaml").categories[0]
+    steps = initial_steps(cat, load_seed_file(cat.seeds, cat))
+    answers = [s.request for s in steps if s.kind == "answer"]
+    assert answers and {r.top_logprobs for r in answers} == {5}
+    assert {r.params()["top_logprobs"] for r in answers} == {5}
+    assert all(s.request.top_logprobs is None for s in steps if s.kind != "answer")  # writers are not trained on
+    (tmp_path / "t.yaml").write_text(head + "    generation: {logprobs: 0}\n")
+    assert parse_task_file(tmp_path / "t.yaml").categories[0].generation.logprobs == 0
+    (tmp_path / "t.yaml").write_text(head + "    generation: {logprobs: 50}\n")
+    with pytest.raises(InputErrors) as exc:
+        parse_task_file(tmp_path / "t.yaml")
+    assert exc.value.errors[0].field == "categories.0.generation.logprobs" and exc.value.errors[0].line == 7
