@@ -1,21 +1,25 @@
 """Sparse KD from the embedded teacher's real logprobs: llama.cpp answers with top-k logprobs -> teacher_logprobs
--> clean rows find them through lineage -> a few sparse-KD steps of the tiny student (SmolLM2 tokenizer)."""
+-> clean rows find them through lineage -> `lora_adapter` runs a few sparse-KD steps of the tiny student (random
+weights, the SmolLM2 tokenizer)."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from transformers import AutoTokenizer
 
+from distill_assets.defs import lora, student
 from distill_assets.defs.generation import raw_generations
+from distill_assets.defs.partitions import CATEGORY
 from distill_assets.defs.resources import embedded_llm
 from distill_assets.defs.seeds import seed_prompts
 from distill_assets.lib import tasks as tasks_mod
 from distill_assets.lib.generation.logprobs import example_logprobs, student_token_map, vocab_hash
-from distill_assets.lib.training.data import split_dataset
-from distill_assets.lib.training.lora import train_lora
-from tests.lib.training.tiny_model import session_dirs, tiny_plan
+from resources.llama_server import EMBEDDED_ALIAS
+from tests.lib.training.tiny_model import session_dirs
 
 pytestmark = pytest.mark.e2e  # real llama.cpp logprobs and real training, ~1-2 min on 2 cores
 
@@ -39,7 +43,7 @@ def logprob_task(tmp_path, monkeypatch):
 
 
 def test_embedded_teacher_logprobs_train_the_student(logprob_task, duck_resources, store, tmp_path_factory,
-                                                     tmp_path):
+                                                     monkeypatch):
     resources = {**duck_resources, "teacher": embedded_llm(embedded_threads=2)}
     r = dg.materialize([seed_prompts, raw_generations], resources=resources, partition_key="support")
     assert r.success
@@ -62,15 +66,27 @@ def test_embedded_teacher_logprobs_train_the_student(logprob_task, duck_resource
         top = t.logprobs[:, 1:].astype(np.float64)
         assert (np.diff(top, axis=1) <= 1e-3).all() and (np.exp(top).sum(1) <= 1.01).all()
 
+    # lora_adapter in mode sparse_kd, through Dagster: clean_dataset -> lineage -> teacher_logprobs -> training
     tiny = session_dirs(tmp_path_factory)
-    tr, va, _ = split_dataset(clean, 0.1)
-    plan = tiny_plan(mode="sparse_kd", kd_alpha=0.5, max_steps=6, effective_batch_size=2, per_device_batch_size=2)
-    res = train_lora(tiny["base"], tr, va, plan, tmp_path / "skd", base_model_id="tiny", dataset_version="v",
-                     teacher_logprobs=teacher)
-    from transformers import AutoTokenizer
+    monkeypatch.setenv("STUDENT_BASE", str(tiny["base"]))
 
-    assert res.kd["tokenizer"] == vocab_hash(AutoTokenizer.from_pretrained(str(tiny["base"])))
-    assert res.kd["rows"]["train"].get("aligned", 0) == len(tr)  # llama.cpp's tokens are the student's
-    kl = [h["kd_kl"] for h in res.history if "kd_kl" in h and "loss" in h]
+    @dg.asset(name="clean_dataset", partitions_def=CATEGORY, metadata={"partition_expr": "category"})
+    def clean_stand_in(context) -> pd.DataFrame:
+        return clean[clean["category"] == context.partition_key].reset_index(drop=True)
+
+    assert dg.materialize([clean_stand_in], partition_key="support", resources=duck_resources).success
+    cfg = {"ops": {"lora_adapter": {"config": {
+        "mode": "sparse_kd", "kd_alpha": 0.5, "max_steps": 6, "effective_batch_size": 2, "per_device_batch_size": 2,
+        "learning_rate": 5e-3, "max_seq_len": 128, "lora_r": 8, "lora_alpha": 16, "num_threads": 2,
+        "profile": "full"}}}}
+    r = dg.materialize([clean_stand_in, *student.assets, *lora.assets], resources=duck_resources, run_config=cfg,
+                       selection=[a.key for a in [*student.assets, *lora.assets]])
+    assert r.success
+    md = r.asset_materializations_for_node("lora_adapter")[0].metadata
+    kd = md["kd"].value
+    assert kd["tokenizer"] == vocab_hash(AutoTokenizer.from_pretrained(str(tiny["base"])))
+    assert kd["rows"]["train"] == {"aligned": 2} and kd["teacher_models"] == [EMBEDDED_ALIAS]  # llama.cpp's tokens are the student's
+    history = json.loads((Path(md["path"].value) / "loss_history.json").read_text())
+    kl = [h["kd_kl"] for h in history if "kd_kl" in h and "loss" in h]
     # step 1 runs at warmup learning rate 0; after it the KL to the teacher's top-5 falls step by step
     assert len(kl) == 6 and kl[-1] < kl[0] - 0.5 and sum(b < a for a, b in zip(kl, kl[1:])) >= 4, kl
