@@ -17,12 +17,14 @@ from pydantic import Field
 
 from resources import llama_server
 from resources.batch import redact_url
+from resources.llm_logprobs import TokenMap
 from resources.llm_session import LLMSession
 from resources.llm_types import (  # the request/result types callers import from here
     BudgetExceeded,
     ChatRequest,
     ChatResult,
     LLMUnavailableError,
+    TokenLogprobs,
     call_key,
 )
 from resources.store import DuckDBStore
@@ -118,8 +120,10 @@ class LLMResource(dg.ConfigurableResource):
         return usd * self.batch_discount if batch else usd
 
     @contextmanager
-    def session(self, store: DuckDBStore, *, run_id: str = "", logger: Any = None) -> Iterator[LLMSession]:
-        """Open the endpoint (starting the embedded server if needed) and a journal; flush and close after."""
+    def session(self, store: DuckDBStore, *, run_id: str = "", logger: Any = None,
+                token_map: TokenMap | None = None) -> Iterator[LLMSession]:
+        """Open the endpoint (starting the embedded server if needed) and a journal; flush and close after.
+        `token_map` turns the tokens of answers asked with `top_logprobs` into ids for `teacher_logprobs`."""
         base_url, model, concurrency, acquired = self.base_url, self.model, self.max_concurrency, None
         engine = None
         if self.backend == "vllm":
@@ -137,7 +141,7 @@ class LLMResource(dg.ConfigurableResource):
             raise ValueError(f"{self.role}: set a model name (e.g. {self.role.upper()}_MODEL) for "
                              f"{redact_url(base_url) if base_url else 'the endpoint'}")
         session = LLMSession(self, store, base_url=base_url, model=model, concurrency=concurrency,
-                             run_id=run_id, logger=logger, engine=engine)
+                             run_id=run_id, logger=logger, engine=engine, token_map=token_map)
         try:
             yield session
         finally:
@@ -147,4 +151,4 @@ class LLMResource(dg.ConfigurableResource):
 
 
 __all__ = ["BudgetExceeded", "ChatRequest", "ChatResult", "LLMResource", "LLMSession", "LLMUnavailableError",
-           "call_key"]
+           "TokenLogprobs", "TokenMap", "call_key"]

@@ -17,6 +17,8 @@ from resources.llm_types import (
     APIStatusError,
     APITimeoutError,
     ChatResult,
+    TokenLogprobs,
+    parse_logprobs,
 )
 from resources.store import utcnow
 
@@ -32,6 +34,7 @@ class Completion:
     completion_tokens: int = 0
     model: str | None = None
     error: str | None = None
+    logprobs: TokenLogprobs | None = None
 
     @property
     def ok(self) -> bool:
@@ -43,8 +46,9 @@ class Completion:
         return self.status != "malformed"
 
 
-def parse_completion(body: bytes | str | dict) -> Completion:
-    """Status, content and usage of a chat.completion (raw bytes from the wire or an already-parsed dict)."""
+def parse_completion(body: bytes | str | dict, want_logprobs: bool = False) -> Completion:
+    """Status, content and usage of a chat.completion (raw bytes from the wire or an already-parsed dict), and
+    the answer's token logprobs when they were asked for."""
     try:
         if not isinstance(body, dict):
             body = json.loads(body)
@@ -53,12 +57,13 @@ def parse_completion(body: bytes | str | dict) -> Completion:
         usage = body.get("usage") or {}
         finish = choice.get("finish_reason")
         pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        logprobs = parse_logprobs(choice) if want_logprobs else None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         return Completion("malformed", error=f"malformed response: {type(e).__name__}: {e}"[:300])
     model = body.get("model") if isinstance(body.get("model"), str) else None
     if not isinstance(content, str) or not content.strip():
         return Completion("empty", None, finish, pt, ct, model, "empty content")
-    return Completion(OK, content, finish, pt, ct, model)
+    return Completion(OK, content, finish, pt, ct, model, logprobs=logprobs)
 
 
 def _status_message(code: int, raw: bytes) -> str:

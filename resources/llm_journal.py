@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from resources.llm_logprobs import JOURNAL_KEY, logprob_frame
 from resources.llm_types import OK
 from resources.store import DuckDBStore, insert_df
 
@@ -57,10 +58,11 @@ def replay_journals(store: DuckDBStore, directory: Path) -> int:
                 except json.JSONDecodeError:
                     pass  # a line torn by the kill; that call is simply made again
             if rows:
-                frame = pd.DataFrame(rows)
+                frame = pd.DataFrame(rows).drop(columns=[JOURNAL_KEY], errors="ignore")
                 frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
                 with store.connect() as conn:
                     insert_df(conn, "teacher_calls", _latest_per_key(frame), on_conflict="replace")
+                    insert_df(conn, "teacher_logprobs", logprob_frame(rows), on_conflict="replace")
                 recovered += len(rows)
         path.unlink(missing_ok=True)
     return recovered

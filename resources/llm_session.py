@@ -8,7 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from resources.llm_journal import (
     _latest_per_key,
     replay_journals,
 )
+from resources.llm_logprobs import JOURNAL_KEY, TokenMap, logprob_frame, logprob_row
 from resources.llm_types import (
     OK,
     RETRYABLE_STATUS,
@@ -47,8 +48,9 @@ class LLMSession:
     """One open endpoint: `complete()` runs requests with bounded concurrency, cache, retries and budget."""
 
     def __init__(self, cfg: LLMResource, store: DuckDBStore, *, base_url: str | None, model: str, concurrency: int,
-                 run_id: str, logger: Any, engine: VLLMEngine | None = None):
+                 run_id: str, logger: Any, engine: VLLMEngine | None = None, token_map: TokenMap | None = None):
         self.cfg, self.store, self.base_url, self.model = cfg, store, base_url, model
+        self.token_map = token_map  # turns the teacher's logprob tokens into ids (requests with top_logprobs)
         self.concurrency, self.run_id, self.engine = concurrency, run_id, engine
         # imports aiohttp and resolves the proxy once per session, not per complete()
         self.http = None if engine is not None else _ChatHTTP(base_url, cfg.api_key, concurrency,
@@ -71,7 +73,7 @@ class LLMSession:
                                    tokens_var=f"{prefix}_MAX_TOTAL_TOKENS", claim_calls=concurrency)
         self._estimates: list[tuple[float, int]] = []  # of journaled rows not yet in the ledger, as `pending`
         self.budget_hit: str | None = None
-        self.stats = {"cached": 0, "ok": 0, "failed": 0, "retries": 0}
+        self.stats = {"cached": 0, "ok": 0, "failed": 0, "retries": 0, "logprobs": 0, "no_logprobs": 0}
 
     # ledger ------------------------------------------------------------------------------------------------
     def _record(self, result: ChatResult, request: ChatRequest | None, category: str | None,
@@ -90,6 +92,17 @@ class LLMSession:
                 ensure_ascii=False),
             "created_at": utcnow().isoformat(), "budget_scope": self.budget.scope,
         }
+        if result.ok and request.top_logprobs:
+            if result.logprobs is not None:
+                row[JOURNAL_KEY] = logprob_row(result.call_key, result.model, result.logprobs, request.top_logprobs,
+                                               self.token_map, row["created_at"])
+                self.stats["logprobs"] += 1
+            elif not self.stats["no_logprobs"]:
+                self.stats["no_logprobs"] = 1
+                self.log.warning(f"{self.cfg.role} endpoint answered without logprobs though top_logprobs="
+                                 f"{request.top_logprobs} was asked: this server does not return them")
+            else:
+                self.stats["no_logprobs"] += 1
         with self._swap:
             self.journal.append(row)
             self.pending.append(row)
@@ -119,8 +132,9 @@ class LLMSession:
         frame = pd.DataFrame(batch, columns=LEDGER_COLUMNS)
         frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
         try:
-            with self.store.connect() as conn:
+            with self.store.connect() as conn:  # one transaction: a call and its logprobs land together
                 insert_df(conn, "teacher_calls", _latest_per_key(frame), on_conflict="replace")
+                insert_df(conn, "teacher_logprobs", logprob_frame(batch), on_conflict="replace")
         except BaseException:
             with self._swap:
                 self.pending = batch + self.pending
@@ -187,6 +201,9 @@ class LLMSession:
         """Run all requests; results come back in request order. Cached `ok` keys are never re-sent.
         `mode`: online (concurrent HTTP calls) or batch (one Batch API job, see llm_batch); None: the resource's."""
         mode = self._check_mode(mode)
+        if self.token_map is None and any(r.top_logprobs for r in requests):
+            raise ValueError(f"{self.cfg.role}: requests ask for top_logprobs but the session has no token map "
+                             "to store them with; open it with session(..., token_map=...)")
         keys = [self.key(r) for r in requests]
         hits = self.cached(list(dict.fromkeys(keys)))
         results: list[ChatResult | None] = [None] * len(requests)
@@ -225,7 +242,7 @@ class LLMSession:
         for i in todo:
             if results[i] is None:
                 src = results[first_of[keys[i]]]
-                results[i] = ChatResult(**{**asdict(src), "tag": requests[i].tag, "cached": True})
+                results[i] = replace(src, tag=requests[i].tag, cached=True)
             else:
                 results[i].tag = requests[i].tag
         self.flush()
@@ -306,7 +323,8 @@ class LLMSession:
             t0 = time.monotonic()
             try:
                 raw = await http.post(payload)
-                res = self._result(key, parse_completion(raw), time.monotonic() - t0, attempts, reservation)
+                res = self._result(key, parse_completion(raw, want_logprobs=bool(req.top_logprobs)),
+                                   time.monotonic() - t0, attempts, reservation)
                 if res.ok:
                     return res
                 last_status, last_error = res.status, res.error
@@ -343,7 +361,8 @@ class LLMSession:
                               reserved=reserved)
         self.stats["ok"] += 1
         return ChatResult(key, answer.model or self.model, OK, answer.content, answer.finish_reason,
-                          answer.prompt_tokens, answer.completion_tokens, latency, cost, attempts, reserved=reserved)
+                          answer.prompt_tokens, answer.completion_tokens, latency, cost, attempts, reserved=reserved,
+                          logprobs=answer.logprobs)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

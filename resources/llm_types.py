@@ -37,6 +37,8 @@ class ChatRequest:
     # Small judges then always answer in a readable form, and no call is spent re-asking.
     json_schema: dict | None = None
     schema_name: str = "answer"
+    # top-k logprobs of each generated token (OpenAI `logprobs` + `top_logprobs`); None or 0 = not asked
+    top_logprobs: int | None = None
     tag: Any = None  # the caller's handle; not part of the cache key
 
     def params(self, structured_output: str = "json_schema") -> dict:
@@ -45,6 +47,8 @@ class ChatRequest:
         p = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.sample_index}
         if self.top_p is not None:
             p["top_p"] = self.top_p
+        if self.top_logprobs:
+            p["logprobs"], p["top_logprobs"] = True, int(self.top_logprobs)
         if self.json_schema is not None and structured_output != "off":
             if structured_output == "json_object":  # llama-cpp-python's form (its server rejects "json_schema")
                 p["response_format"] = {"type": "json_object", "schema": self.json_schema}
@@ -70,10 +74,53 @@ class ChatResult:
     cached: bool = False
     tag: Any = field(default=None, repr=False)
     reserved: tuple[float, int] | None = field(default=None, repr=False)  # budget estimate (usd, tokens)
+    logprobs: TokenLogprobs | None = field(default=None, repr=False)  # when asked and the server gave them
 
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+
+@dataclass
+class TokenLogprobs:
+    """Per generated token: the sampled token and its logprob, and the server's top alternatives, as sent.
+
+    Servers name tokens by text: OpenAI and vLLM add the UTF-8 `bytes`; llama-cpp-python sends `bytes: null`
+    and decodes each token on its own with errors ignored, so a token holding part of a multi-byte character
+    arrives as "" (and several of them collapse into one entry of its top list)."""
+
+    tokens: list[str]
+    token_bytes: list[bytes | None]
+    logprobs: list[float]
+    top: list[list[tuple[str, bytes | None, float]]]  # per position, best first
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def _entry(e: dict) -> tuple[str, bytes | None, float]:
+    raw = e.get("bytes")
+    lp = e.get("logprob")
+    # a logprob of None or -9999 is how some servers write "no probability mass"
+    lp = float("-inf") if lp is None or float(lp) <= -9999 else float(lp)
+    return str(e["token"]), (bytes(raw) if isinstance(raw, list) else None), lp
+
+
+def parse_logprobs(choice: dict) -> TokenLogprobs | None:
+    """`choices[0].logprobs.content[i].{token, logprob, bytes, top_logprobs[]}` (the chat-completions shape);
+    None when the server sent none. A malformed entry raises (KeyError/TypeError/ValueError)."""
+    block = choice.get("logprobs")
+    content = block.get("content") if isinstance(block, dict) else None
+    if not content:
+        return None
+    out = TokenLogprobs([], [], [], [])
+    for pos in content:
+        tok, raw, lp = _entry(pos)
+        out.tokens.append(tok)
+        out.token_bytes.append(raw)
+        out.logprobs.append(lp)
+        out.top.append(sorted((_entry(t) for t in pos.get("top_logprobs") or []), key=lambda t: -t[2]))
+    return out
 
 
 class BudgetExceeded(RuntimeError):

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from resources.llm_types import OK, ChatRequest, ChatResult, LLMUnavailableError
+from resources.llm_types import OK, ChatRequest, ChatResult, LLMUnavailableError, TokenLogprobs
 
 if TYPE_CHECKING:  # annotation only
     from resources.llm_session import LLMSession
@@ -39,7 +39,8 @@ class VLLMEngine:
 
         out = []
         params = [SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, top_p=r.top_p or 1.0,
-                                 seed=r.sample_index, **self._structured(r)) for r in requests]
+                                 seed=r.sample_index, logprobs=r.top_logprobs or None, **self._structured(r))
+                  for r in requests]
         t0 = time.monotonic()
         generations = self.llm.chat([r.messages for r in requests], params, use_tqdm=sys.stderr.isatty())
         latency = (time.monotonic() - t0) / max(1, len(requests))
@@ -50,7 +51,24 @@ class VLLMEngine:
             status = OK if text and text.strip() else "empty"
             out.append(ChatResult(session.key(req), self.model, status, text if status == OK else None,
                                   comp.finish_reason, pt, ct, latency, session.cfg.cost(pt, ct), 1,
-                                  None if status == OK else "empty content"))
+                                  None if status == OK else "empty content",
+                                  logprobs=self._logprobs(comp, req.top_logprobs) if req.top_logprobs else None))
+        return out
+
+    @staticmethod
+    def _logprobs(comp, k: int) -> TokenLogprobs | None:
+        """vLLM's per position {token_id: Logprob}: the top k plus the sampled token, in the HTTP shape."""
+        if not comp.logprobs:
+            return None
+        out = TokenLogprobs([], [], [], [])
+        for tid, pos in zip(comp.token_ids, comp.logprobs):
+            entries = sorted(pos.items(), key=lambda kv: -kv[1].logprob)
+            own = pos[tid]
+            out.tokens.append(own.decoded_token or "")
+            out.token_bytes.append(None)
+            out.logprobs.append(float(own.logprob))
+            # a sampled token outside the top k is the lowest entry, so the first k are the top k
+            out.top.append([(lp.decoded_token or "", None, float(lp.logprob)) for _, lp in entries[:k]])
         return out
 
     @staticmethod

@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from distill_assets.defs.partitions import CATEGORY
+from distill_assets.lib.generation.logprobs import student_token_map
 from distill_assets.lib.generation.plan import category_cost, generate
 from distill_assets.lib.ids import frame_version
 from distill_assets.lib.stages import preview_markdown
@@ -29,9 +30,12 @@ def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFram
     category = load_tasks().category(context.partition_key)
     if seed_prompts.empty:
         raise ValueError(f"seed_prompts[{category.name}] is empty; materialize seed_prompts first")
-    with teacher.session(store, run_id=context.run.run_id, logger=context.log) as session:
+    # generation.logprobs: answers carry the teacher's top-k logprobs, stored as student token ids
+    token_map = student_token_map() if category.generation.logprobs else None
+    with teacher.session(store, run_id=context.run.run_id, logger=context.log, token_map=token_map) as session:
         df, stats = generate(category, seed_prompts, session)
         model = session.model
+        logprob_stats = {k: session.stats[k] for k in ("logprobs", "no_logprobs")}
     if df.empty and stats.failed:
         raise RuntimeError(
             f"raw_generations[{category.name}]: all {stats.failed} teacher call(s) failed {stats.failures}; "
@@ -54,6 +58,10 @@ def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFram
             "calls_from_cache": dg.MetadataValue.int(stats.cached),
             "calls_failed": dg.MetadataValue.int(stats.failed),
             "budget_stop": dg.MetadataValue.text(stats.budget_note or "no"),
+            "teacher_logprobs": dg.MetadataValue.json({"top_k": category.generation.logprobs or 0,
+                                                       "tokenizer": token_map.name if token_map else None,
+                                                       "new_rows": logprob_stats["logprobs"],
+                                                       "answers_without": logprob_stats["no_logprobs"]}),
             "prompt_tokens": dg.MetadataValue.int(cost["prompt_tokens"]),
             "completion_tokens": dg.MetadataValue.int(cost["completion_tokens"]),
             "cost_usd": dg.MetadataValue.float(round(cost["cost_usd"], 6)),

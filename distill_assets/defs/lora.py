@@ -9,6 +9,7 @@ import pandas as pd
 from checks.upstream import upstream_artifact
 from distill_assets.lib import ledger
 from distill_assets.lib.artifacts import dir_digest
+from distill_assets.lib.generation.logprobs import example_logprobs
 from distill_assets.lib.ids import frame_version
 from distill_assets.lib.settings import get_settings
 from distill_assets.lib.tasks import load_tasks
@@ -52,11 +53,13 @@ def lora_adapter(
     train, val, data_notes = split_dataset(clean_dataset, fractions)
     for n in data_notes:
         context.log.warning(n)
+    # sparse_kd: each row's teacher logprobs, through lineage (generation_id -> call_key -> teacher_logprobs)
+    teacher = example_logprobs(store, clean_dataset) if plan.mode == "sparse_kd" else None
     out_dir = get_settings().artifacts / "lora_adapter" / adapter_run_key(base["sha256"], version, plan)
     res = train_lora(
         base_dir, train, val, plan, out_dir,
         base_model_id=base["metadata"].get("base_model_id", base["artifact_id"]), dataset_version=version,
-        log=context.log.info,
+        log=context.log.info, teacher_logprobs=teacher,
     )
     for w in res.warnings:
         context.log.warning(w)
@@ -94,6 +97,7 @@ def lora_adapter(
             "train_tokens": res.train_tokens,
             "peak_rss_mb": round(res.peak_rss_mb, 1),
             "plan": dg.MetadataValue.json(plan.to_dict()),
+            "kd": dg.MetadataValue.json(res.kd or {}),
             "sha256": sha,
             "bytes": size,
         },

@@ -33,6 +33,12 @@ TABLES: dict[str, str] = {
             batch_id VARCHAR PRIMARY KEY, role VARCHAR, model VARCHAR, base_url VARCHAR, category VARCHAR,
             run_id VARCHAR, input_file_id VARCHAR, call_keys JSON, status VARCHAR, created_at TIMESTAMPTZ,
             updated_at TIMESTAMPTZ, completed_at TIMESTAMPTZ, counts JSON)""",
+    # the teacher's top-k logprobs of an answered call (resources/llm_logprobs.py has the layout): token_ids int32
+    # [n, k+1] (column 0 the sampled token) and logprobs float16 [n, k+1], ids of the tokenizer named `tokenizer`
+    "teacher_logprobs": """
+        CREATE TABLE IF NOT EXISTS teacher_logprobs (
+            call_key VARCHAR PRIMARY KEY, model VARCHAR, k INTEGER, n_tokens INTEGER, token_ids BLOB, logprobs BLOB,
+            tokenizer VARCHAR, unmapped INTEGER, created_at TIMESTAMPTZ)""",
     # what live runs have claimed of a spend cap (resources/budget.py); a dead run's row is ignored and swept
     "budget_reservations": """
         CREATE TABLE IF NOT EXISTS budget_reservations (

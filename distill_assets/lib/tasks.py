@@ -66,6 +66,10 @@ class Generation(_Strict):
         default=None, description="online: concurrent calls; batch: each phase is one OpenAI Batch API job "
                                   "(results within 24 h, at the batch price); unset: the teacher's TEACHER_MODE "
                                   "(online unless set)")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=20,
+        description="ask the teacher for the top-k logprobs of each answer token (teacher_logprobs, for "
+                    "mode sparse_kd); 0 or null = off. OpenAI allows at most 20")
 
 
 class Filters(_Strict):
@@ -167,6 +171,7 @@ class Category(_Strict):
     samples_per_prompt: int = Field(default=2, ge=1, le=64)
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=512, ge=1, le=32768)
+    generation: Generation = Field(default_factory=Generation)
     verify: VerifyKind = "none"
     labels: list[str] | None = None
     constrain_labels: bool = Field(

@@ -36,6 +36,8 @@ class FakeOpenAIServer:
     retry_after_s: float = 0.05
     hang_s: float = 30.0
     responder: Callable[[dict], str] = default_responder
+    # (body, content) -> choices[0].logprobs, sent when the body asks `logprobs: true`; None = never sent
+    logprober: Callable[[dict, str], dict] | None = None
     seed: int = 0
     model: str = "fake-teacher"
     host: str = "127.0.0.1"
@@ -191,6 +193,8 @@ class FakeOpenAIServer:
                 "usage": {"prompt_tokens": pt, "completion_tokens": len(content.split()),
                           "total_tokens": pt + len(content.split())},
             }
+            if content and body.get("logprobs") and self.logprober is not None:
+                resp["choices"][0]["logprobs"] = self.logprober(body, content)
             self._send(writer, 200, json.dumps(resp).encode())
         await writer.drain()
         return True

@@ -60,9 +60,10 @@ def _answer_steps(category: Category, method: str, seed: dict, instruction: str,
                   evol_chain: list[dict] | None = None) -> list[Step]:
     msgs = answer_messages(category, instruction, method)
     schema = label_schema(category)
+    # only answers are trained on, so only they carry logprobs
     return [Step("answer", method, seed,
                  ChatRequest(msgs, category.temperature, category.max_tokens, sample_index=k, json_schema=schema,
-                             schema_name="label"),
+                             schema_name="label", top_logprobs=category.generation.logprobs or None),
                  instruction=instruction, parent_ids=parent_ids, evol_chain=evol_chain or [])
             for k in range(category.samples_per_prompt)]
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_assets.lib.artifacts import atomic_dir
+from distill_assets.lib.generation.logprobs import TeacherTokens
 from distill_assets.lib.training.kd import load_teacher, logit_kd_trainer_class
 from distill_assets.lib.training.plan import TrainPlan
+from distill_assets.lib.training.sparse_kd import sparse_kd_trainer
 
 
 class TrainingDivergedError(RuntimeError):
@@ -201,8 +203,10 @@ def train_lora(
     dataset_version: str,
     extra_callbacks: list | None = None,
     log: Callable[[str], None] = print,
+    teacher_logprobs: dict[str, TeacherTokens] | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter; checkpoints under output_dir/checkpoints, final adapter in output_dir/adapter."""
+    """Train a LoRA adapter; checkpoints under output_dir/checkpoints, final adapter in output_dir/adapter.
+    Mode sparse_kd needs `teacher_logprobs` by example_id (lib/generation/logprobs.example_logprobs)."""
     import torch  # deferred: heavy optional dependency
     from datasets import Dataset  # deferred: heavy optional dependency
     from peft import LoraConfig  # deferred: heavy optional dependency
@@ -230,7 +234,8 @@ def train_lora(
     cols = ["prompt", "completion"]
     train_ds = Dataset.from_list([{k: r[k] for k in cols} for r in train_records])
     val_ds = Dataset.from_list([{k: r[k] for k in cols} for r in val_records])
-    args = build_sft_config(plan, ckpt_dir)
+    # KD losses return full logits with the loss; evaluation must not gather them ([rows, L, vocab] floats)
+    args = build_sft_config(plan, ckpt_dir, **({"prediction_loss_only": True} if plan.mode != "sft" else {}))
 
     trainer_kwargs = dict(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
@@ -243,6 +248,12 @@ def train_lora(
             teacher_model=teacher, temperature=plan.kd_temperature, alpha=plan.kd_alpha,
             divergence=plan.kd_divergence, **trainer_kwargs,
         )
+    elif plan.mode == "sparse_kd":
+        if teacher_logprobs is None:
+            raise ValueError("mode 'sparse_kd' needs the teacher logprobs of the records (teacher_logprobs=...)")
+        trainer, kd_info = sparse_kd_trainer(trainer_kwargs, tokenizer, train_records, val_records,
+                                             teacher_logprobs, plan)
+        log(f"sparse_kd rows: {kd_info['rows']}")
     else:
         trainer = SFTTrainer(**trainer_kwargs)
 

@@ -64,7 +64,9 @@ class TrainOptions(BaseModel):
         default="auto",
         description="auto: gpu when CUDA is available, else cpu_quickstart. full: LORA_DEFAULTS on any device.",
     )
-    mode: Literal["sft", "logit_kd"] = Field(default="sft", description="sft, or logit KD against a local teacher")
+    mode: Literal["sft", "logit_kd", "sparse_kd"] = Field(
+        default="sft", description="sft; logit_kd against a local teacher's weights; sparse_kd against the teacher "
+                                   "top-k logprobs stored with the generations (generation.logprobs)")
     use_qlora: bool = Field(default=False, description="4-bit nf4 base (bitsandbytes); needs CUDA")
 
     lora_r: int = LORA_DEFAULTS["lora_r"]
@@ -188,6 +190,9 @@ def resolve_plan(cfg: TrainOptions | None = None, *, cuda_available: bool | None
 
     if cfg.mode == "logit_kd" and not cfg.teacher_model_path:
         raise ValueError("mode 'logit_kd' needs teacher_model_path: a local HF folder sharing the student tokenizer")
+    if cfg.mode == "sparse_kd":
+        notes.append("sparse_kd: KL over the teacher's top-k ids plus one tail bucket at temperature 1 (the logprobs "
+                     "servers return); kd_temperature does not apply")
     if not 0.0 <= cfg.kd_alpha <= 1.0:
         raise ValueError(f"kd_alpha must be in [0, 1], got {cfg.kd_alpha}")
     if cfg.kd_temperature <= 0:
