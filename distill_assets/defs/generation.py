@@ -36,6 +36,7 @@ def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFram
         df, stats = generate(category, seed_prompts, session)
         model = session.model
         logprob_stats = {k: session.stats[k] for k in ("logprobs", "no_logprobs")}
+        budget = session.budget_status()  # spent and remaining across every run in the store
     if df.empty and stats.failed:
         raise RuntimeError(
             f"raw_generations[{category.name}]: all {stats.failed} teacher call(s) failed {stats.failures}; "
@@ -58,6 +59,7 @@ def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFram
             "calls_from_cache": dg.MetadataValue.int(stats.cached),
             "calls_failed": dg.MetadataValue.int(stats.failed),
             "budget_stop": dg.MetadataValue.text(stats.budget_note or "no"),
+            "budget": dg.MetadataValue.json(budget),
             "teacher_logprobs": dg.MetadataValue.json({"top_k": category.generation.logprobs or 0,
                                                        "tokenizer": token_map.name if token_map else None,
                                                        "new_rows": logprob_stats["logprobs"],

@@ -87,3 +87,24 @@ def test_cached_calls_cost_nothing_and_scopes_are_separate(tmp_path):
         with other.session(open_store(db)) as s:
             assert s.complete(more)[0].ok
         assert srv.total == 4
+
+
+def test_generation_metadata_shows_spent_and_remaining(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from distill_assets.defs.generation import raw_generations
+    from distill_assets.defs.seeds import seed_prompts
+    from resources.io_manager import DistillDuckDBIOManager
+
+    db = str(tmp_path / "d.duckdb")
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
+    with FakeOpenAIServer(responder=_answer) as srv:
+        teacher = LLMResource(base_url=srv.base_url, model="m", price_completion_per_1m=PRICE, max_budget_usd=1.0)
+        res = dg.materialize([seed_prompts, raw_generations], partition_key="support",
+                             resources={"store": open_store(db), "io_manager": DistillDuckDBIOManager(database=db),
+                                        "teacher": teacher})
+    assert res.success
+    mats = res.asset_materializations_for_node("raw_generations")
+    budget = mats[0].metadata["budget"].value
+    assert budget["max_usd"] == 1.0 and budget["spent_usd"] > 0
+    assert budget["remaining_usd"] == pytest.approx(1.0 - budget["spent_usd"], abs=1e-6)
