@@ -69,7 +69,7 @@ def build_clean_contamination_check(partitions_def: dg.PartitionsDefinition | No
                                     clean_key: str = "clean_dataset",
                                     eval_key: str = "eval_set") -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=clean_key, name="no_eval_contamination", blocking=True, partitions_def=partitions_def,
-                    additional_ins={"eval_set": dg.AssetIn(eval_key)},
+                    additional_ins={"eval_set": dg.AssetIn(eval_key, metadata={"allow_missing": True})},
                     description="Training instructions and responses share no 13-/8-gram with the held-out eval "
                                 "set and no instruction is within the embedding threshold of an eval prompt.")
     def clean_contamination(context: dg.AssetCheckExecutionContext, clean: pd.DataFrame, eval_set: pd.DataFrame,

@@ -15,7 +15,7 @@ def build_seed_prompts_checks(partitions_def: dg.PartitionsDefinition | None, se
     """The blocking ERROR contamination check of seed_prompts against the partition's eval_set."""
 
     @dg.asset_check(asset=seeds_key, name="no_eval_contamination", blocking=True, partitions_def=partitions_def,
-                    additional_ins={"eval_set": dg.AssetIn(eval_key)},
+                    additional_ins={"eval_set": dg.AssetIn(eval_key, metadata={"allow_missing": True})},
                     description="Seed prompts share no n-gram with, and are not paraphrases of, held-out eval items.")
     def seed_contamination(context: dg.AssetCheckExecutionContext, seeds: pd.DataFrame, eval_set: pd.DataFrame,
                            store: DuckDBStore, embedder: EmbedderResource) -> dg.AssetCheckResult:
