@@ -13,7 +13,7 @@ import pandas as pd
 from checks.contamination_result import contamination_check_result
 from distill_assets.lib.contamination import Encode, category_shared_text, encoder, held_out, training_texts
 from distill_assets.lib.filters.dedup_check import PAIR_COLUMNS, find_duplicates
-from distill_assets.lib.stages import funnel
+from distill_assets.lib.stages import funnel, written_rows
 from distill_assets.lib.tasks import Category, load_tasks
 from distill_assets.lib.yields import ERROR, WARN, YieldReport, evaluate_yield
 from resources.embedder import EmbedderResource
@@ -104,7 +104,8 @@ def build_yield_check(partitions_def: dg.PartitionsDefinition | None, clean_key:
     def clean_yield(context: dg.AssetCheckExecutionContext, clean: pd.DataFrame, raw_generations: pd.DataFrame,
                     store: DuckDBStore) -> dg.AssetCheckResult:
         category = load_tasks().category(context.partition_key)
-        rep = evaluate_yield(len(raw_generations), clean, funnel(store, category.name), category)
+        rep = evaluate_yield(len(raw_generations), clean, funnel(store, category.name), category,
+                             written=written_rows(store, category.name))
         return yield_check_result(rep, category)
 
     return clean_yield

@@ -64,6 +64,14 @@ def funnel(store: DuckDBStore, category: str | None = None) -> pd.DataFrame:
     return df.sort_values(["category", "order"]).drop(columns="order").reset_index(drop=True)
 
 
+def written_rows(store: DuckDBStore, category: str) -> dict[str, int]:
+    """{asset table: rows the IO manager wrote for this category} (its `_distill_partitions` markers)."""
+    if not store.table_exists("_distill_partitions"):
+        return {}
+    df = store.query_df("SELECT asset_table, row_count FROM _distill_partitions WHERE partition_key = ?", [category])
+    return {str(t).split(".")[-1]: int(n) for t, n in zip(df["asset_table"], df["row_count"])}
+
+
 def with_stage(f: pd.DataFrame, df: pd.DataFrame, stage: str, category: str) -> pd.DataFrame:
     """The funnel `f` with `stage`'s row recounted from its annotated output `df` (its verdicts are written
     with the table, after the metadata is computed)."""

@@ -33,8 +33,23 @@ class YieldReport:
         return ERROR if any(lvl == ERROR for lvl, _ in self.issues) else WARN
 
 
-def evaluate_yield(n_raw: int, clean: pd.DataFrame, stages: pd.DataFrame, category: Category) -> YieldReport:
-    """Pure evaluation: `stages` is the lineage funnel of the category (distill_assets.lib.stages.funnel)."""
+def _no_verdicts(stage: str, written: dict[str, int] | None) -> tuple[str, str | None]:
+    """(status, issue) of a stage the lineage has no verdicts of, from what the IO manager wrote for it."""
+    if written is None:
+        return "missing", f"{stage}: no lineage recorded, its loss cannot be checked"
+    if stage not in written:
+        return "not materialized", f"{stage}: never materialized for this category, its loss cannot be checked"
+    if written[stage] == 0:
+        return "no rows", None  # nothing reached it: the yield itself says so
+    return "missing", (f"{stage}: {written[stage]} row(s) written without lineage verdicts (written before "
+                       f"verdicts were recorded with the rows); rematerialize {stage}")
+
+
+def evaluate_yield(n_raw: int, clean: pd.DataFrame, stages: pd.DataFrame, category: Category,
+                   written: dict[str, int] | None = None) -> YieldReport:
+    """Pure evaluation: `stages` is the lineage funnel of the category (distill_assets.lib.stages.funnel);
+    `written` the rows each stage table got for it (lib/stages.written_rows), which says why a stage has no
+    verdicts."""
     n_clean = int(len(clean))
     n_train = int((clean["split"] == "train").sum()) if "split" in clean.columns else n_clean
     y = n_clean / n_raw if n_raw > 0 else None
@@ -54,8 +69,9 @@ def evaluate_yield(n_raw: int, clean: pd.DataFrame, stages: pd.DataFrame, catego
     for stage, band in category.stage_loss_bands.items():
         r = by_stage.get(stage)
         if r is None:
-            status = "missing"
-            rep.issues.append((WARN, f"{stage}: no lineage recorded, its loss cannot be checked"))
+            status, issue = _no_verdicts(stage, written)
+            if issue:
+                rep.issues.append((WARN, issue))
             rows.append({"stage": stage, "rows_in": None, "kept": None, "dropped": None, "quarantined": None,
                          "loss": None, "band": f"{band.low:.0%}-{band.high:.0%}", "status": status})
             continue

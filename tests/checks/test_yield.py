@@ -6,6 +6,7 @@ from distill_assets.lib import ledger
 from distill_assets.lib.ledger import open_store
 from distill_assets.lib.stages import funnel
 from distill_assets.lib.yields import evaluate_yield
+from resources.store import DuckDBStore
 from tests.checks.helpers import category, clean_frame
 
 
@@ -76,3 +77,42 @@ def test_funnel_from_the_lineage_table(tmp_path):
                          "judged", "support", "run")
     rep = evaluate_yield(100, clean_frame(n=30), funnel(store, "support"), category())
     assert [m for lvl, m in rep.issues if "judged" in m]
+
+
+def test_a_stage_without_verdicts_says_why_from_what_was_written():
+    losses = {"quality_filtered": 0.15, "deduplicated": 0.3}  # judged and verified: no verdicts
+    written = {"quality_filtered": 100, "deduplicated": 85, "judged": 0}
+    rep = evaluate_yield(60, clean_frame(n=20), _funnel(losses), category(), written=written)
+    statuses = {s["stage"]: s["status"] for s in rep.stages.to_dict("records")}
+    assert statuses == {"quality_filtered": "ok", "deduplicated": "ok", "judged": "no rows",
+                        "verified": "not materialized"}
+    assert [m for _, m in rep.issues] == ["verified: never materialized for this category, its loss cannot "
+                                          "be checked"]
+    rep = evaluate_yield(60, clean_frame(n=20), _funnel({"deduplicated": 0.3}), category(),
+                         written={"quality_filtered": 100, "deduplicated": 85, "judged": 60, "verified": 45})
+    assert any(m.startswith("quality_filtered: 100 row(s) written without lineage verdicts") for _, m in rep.issues)
+
+
+def test_the_yield_check_reads_the_verdicts_the_io_manager_wrote(duck_resources, store):
+    from distill_assets.defs.partitions import CATEGORY
+    from distill_assets.defs.stage_output import publish_stage
+    from distill_assets.lib.stages import annotate, kept, written_rows
+
+    @dg.asset(name="raw_generations", partitions_def=CATEGORY, metadata={"partition_expr": "category"})
+    def raw(context) -> pd.DataFrame:
+        return pd.DataFrame({"example_id": [f"x{i}" for i in range(20)], "category": context.partition_key})
+
+    @dg.asset(name="quality_filtered", ins={"raw": dg.AssetIn("raw_generations")}, partitions_def=CATEGORY,
+              metadata={"partition_expr": "category"})
+    def quality(context: dg.AssetExecutionContext, store: DuckDBStore, raw: pd.DataFrame):
+        rows = kept(raw)
+        out = annotate(rows, [i < 17 for i in range(len(rows))], [""] * len(rows),
+                       [{}] * len(rows))
+        return publish_stage(context, store, out, stage="quality_filtered")
+
+    assert dg.materialize([raw, quality], partition_key="support", resources=duck_resources).success
+    rep = evaluate_yield(20, clean_frame(n=6), funnel(store, "support"), category(),
+                         written=written_rows(store, "support"))
+    row = next(s for s in rep.stages.to_dict("records") if s["stage"] == "quality_filtered")
+    assert (row["rows_in"], row["kept"], row["status"]) == (20, 17, "ok")  # 15% loss, in band
+    assert written_rows(store, "support") == {"raw_generations": 20, "quality_filtered": 20}
