@@ -236,7 +236,16 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
             missing = missing_partitions(conn, self._schema, table, keys)
             df = None if missing else read_table(conn, self._schema, table, expr, keys)
         if missing and (context.definition_metadata or {}).get("allow_missing"):
-            return pd.DataFrame()  # the consumer has its own fallback (e.g. the task's eval file for eval_set)
+            # the consumer takes what exists (e.g. training on the categories materialized so far) or has its own
+            # fallback (the task's eval file for eval_set); the log says what was missing
+            context.log.warning(f"{context.asset_key.to_user_string()}: partitions {missing} were never "
+                                "materialized; reading the others")
+            present = [k for k in (keys or []) if k not in missing]
+            if not present:
+                return pd.DataFrame()
+            with locked_connection(self.database, self.lock_timeout_s) as conn:
+                df = read_table(conn, self._schema, table, expr, present)
+            return pd.DataFrame() if df is None else df
         if missing:
             name = context.asset_key.to_user_string()
             what = ", ".join(f"{name}[{k}]" for k in missing) if missing != [UNPARTITIONED] else name

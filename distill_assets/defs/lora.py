@@ -32,7 +32,8 @@ def _loss_markdown(epochs: list[dict], png: Path) -> str:
 
 
 @dg.asset(
-    ins={"clean_dataset": dg.AssetIn()},
+    # the categories materialized so far: a category without clean_dataset yet is left out, with a warning
+    ins={"clean_dataset": dg.AssetIn(metadata={"allow_missing": True})},
     deps=["student_base_model"],
     group_name="training",
     kinds={"pytorch", "peft"},
