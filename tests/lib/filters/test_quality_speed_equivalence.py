@@ -59,7 +59,8 @@ def frame(responses, instructions=None):
         m = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": u},
              {"role": "assistant", "content": r}]
         rows.append({"example_id": f"e{i}", "messages": json.dumps(m), "response": r})
-    return pd.DataFrame(rows)
+    # object columns: pandas 3's default string dtype cannot hold the lone surrogates these cases include
+    return pd.DataFrame(rows, dtype=object)
 
 
 def reference_reason(text: str, instruction: str, f: Filters, tok) -> str:
