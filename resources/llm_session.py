@@ -23,6 +23,7 @@ from resources.llm_journal import (
     _latest_per_key,
     replay_journals,
 )
+from resources.llm_tools import CONSTRAINED, calls_from_answer, constrained_request
 from resources.llm_types import (
     OK,
     RETRYABLE_STATUS,
@@ -34,6 +35,7 @@ from resources.llm_types import (
     LLMAuthError,
     call_key,
     log,
+    normalize_tool_calls,
 )
 from resources.store import DuckDBStore, insert_df, utcnow
 
@@ -79,6 +81,7 @@ class LLMSession:
         row = {
             "call_key": result.call_key, "model": result.model, "role": self.cfg.role, "status": result.status,
             "response": result.content, "finish_reason": result.finish_reason,
+            "tool_calls": json.dumps(result.tool_calls, ensure_ascii=False) if result.tool_calls else None,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "cost_usd": result.cost_usd, "latency_s": result.latency_s, "attempts": result.attempts,
             "error": result.error, "category": category, "run_id": self.run_id,
@@ -169,6 +172,13 @@ class LLMSession:
     def params(self, request: ChatRequest) -> dict:
         return request.params(self.cfg.structured_output_form)
 
+    def wire(self, request: ChatRequest) -> ChatRequest:
+        """The request as this endpoint is sent it: `tools` as a constrained JSON answer where the server
+        cannot take them (llm_tools.py), otherwise unchanged."""
+        if request.tools and request.tool_form is None and self.cfg.tool_calls_form == CONSTRAINED:
+            return constrained_request(request)
+        return request
+
     def key(self, request: ChatRequest) -> str:
         # keyed on what is sent: the same judge prompt with and without a schema are different calls
         return call_key(self.model, request.messages, self.params(request), request.sample_index)
@@ -176,6 +186,7 @@ class LLMSession:
     def complete(self, requests: list[ChatRequest], *, category: str | None = None, label: str = "calls",
                  progress: Callable[[int, int, dict], None] | None = None) -> list[ChatResult]:
         """Run all requests; results come back in request order. Cached `ok` keys are never re-sent."""
+        requests = [self.wire(r) for r in requests]
         keys = [self.key(r) for r in requests]
         hits = self.cached(list(dict.fromkeys(keys)))
         results: list[ChatResult | None] = [None] * len(requests)
@@ -188,6 +199,7 @@ class LLMSession:
                     finish_reason=hit["finish_reason"], prompt_tokens=int(hit["prompt_tokens"] or 0),
                     completion_tokens=int(hit["completion_tokens"] or 0), latency_s=float(hit["latency_s"] or 0),
                     cost_usd=0.0, attempts=0, cached=True, tag=req.tag,
+                    tool_calls=json.loads(hit["tool_calls"]) if isinstance(hit.get("tool_calls"), str) else None,
                 )
             else:
                 todo.append(i)
@@ -216,6 +228,11 @@ class LLMSession:
                 results[i].tag = requests[i].tag
         self.flush()
         tracker.finish()
+        for req, res in zip(requests, results):
+            if req.tool_form == CONSTRAINED and res is not None and res.ok and not res.tool_calls:
+                res.tool_calls = calls_from_answer(res.content)
+                if res.tool_calls:
+                    res.content = ""
         return results  # type: ignore[return-value]
 
     def _run_engine(self, requests: list[ChatRequest], category: str | None,
@@ -286,6 +303,7 @@ class LLMSession:
                     body = json.loads(raw)
                     choice = body["choices"][0]
                     content = choice["message"].get("content")
+                    tool_calls = normalize_tool_calls(choice["message"].get("tool_calls"))
                     usage = body.get("usage") or {}
                     finish = choice.get("finish_reason")
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
@@ -296,6 +314,11 @@ class LLMSession:
                     cost = self.cfg.cost(pt, ct)
                     self.spent_usd += cost
                     self.spent_tokens += pt + ct
+                    if tool_calls:  # a call is an answer even without text (content is then null)
+                        self.stats["ok"] += 1
+                        return ChatResult(key, body.get("model") or self.model, OK,
+                                          content if isinstance(content, str) else "", finish, pt, ct, latency,
+                                          cost, attempts, reserved=reservation, tool_calls=tool_calls)
                     if not isinstance(content, str) or not content.strip():
                         last_status, last_error = "empty", "empty content"
                     else:

@@ -7,6 +7,7 @@
     distill lineage why|from EXAMPLE_ID      why an example was kept or dropped / where it came from
     distill failures add FILE | list         report production failures / list them
     distill report open                      the latest HTML eval report
+    distill export dataset DIR               clean_dataset as a Hugging Face dataset folder with its card
 
 This module parses arguments only: the command modules (`commands.py`, `backfill.py`) import Dagster and the
 resources, and are loaded after parsing, so `--help` is instant. Bad input (unknown category, asset or id,
@@ -121,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     ro = rsub.add_parser("open", parents=[common], help="print (and with --browser open) the latest HTML report")
     ro.add_argument("--browser", action="store_true", help="also open it in the default browser")
     ro.set_defaults(fn=("commands", "cmd_report_open"))
+
+    e = sub.add_parser("export", parents=[common], help="export data out of the ledger")
+    esub = e.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ed = esub.add_parser("dataset", parents=[common], help="clean_dataset as a Hugging Face dataset folder: "
+                         "Parquet + chat JSONL per category and a generated README.md card",
+                         description="Write every category of clean_dataset to DIR: data/<category>/<split>"
+                                     ".parquet, jsonl/<category>/<split>.jsonl, README.md (the dataset card, "
+                                     "its numbers read from the ledger) and card.json. datasets.load_dataset(DIR) "
+                                     "loads it. DIR is replaced as a whole.")
+    ed.add_argument("dir", metavar="DIR", help="output folder (replaced)")
+    ed.add_argument("--ngrams-only", action="store_true",
+                    help="re-check contamination with the n-gram rules only (skips loading the embedder)")
+    ed.set_defaults(fn=("export", "cmd_export_dataset"))
     return p
 
 

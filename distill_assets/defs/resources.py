@@ -47,6 +47,7 @@ def llm_from_env(prefix: str, role: str, fallback: str | None = None) -> LLMReso
         ("max_budget_usd", "MAX_BUDGET_USD", float), ("max_total_tokens", "MAX_TOTAL_TOKENS", int),
         ("request_timeout_s", "TIMEOUT_S", float), ("max_retries", "MAX_RETRIES", int),
         ("structured_output", "STRUCTURED_OUTPUT", str), ("budget_scope", "BUDGET_SCOPE", str),
+        ("tool_calls", "TOOL_CALLS", str),
     ]:
         v, var = pick(suffix)
         if v is None:

@@ -22,7 +22,7 @@ TABLES: dict[str, str] = {
             call_key VARCHAR PRIMARY KEY, model VARCHAR, role VARCHAR, status VARCHAR, response VARCHAR,
             finish_reason VARCHAR, prompt_tokens BIGINT, completion_tokens BIGINT, cost_usd DOUBLE,
             latency_s DOUBLE, attempts INTEGER, error VARCHAR, category VARCHAR, run_id VARCHAR,
-            request_json VARCHAR, created_at TIMESTAMPTZ, budget_scope VARCHAR)""",
+            request_json VARCHAR, created_at TIMESTAMPTZ, budget_scope VARCHAR, tool_calls VARCHAR)""",
     # what live runs have claimed of a spend cap (resources/budget.py); a dead run's row is ignored and swept
     "budget_reservations": """
         CREATE TABLE IF NOT EXISTS budget_reservations (
@@ -103,6 +103,7 @@ STAGE_ORDER_SQL = "CASE stage " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in en
 # columns added after a table first shipped: existing databases get them on open
 MIGRATIONS = [
     "ALTER TABLE teacher_calls ADD COLUMN IF NOT EXISTS budget_scope VARCHAR",
+    "ALTER TABLE teacher_calls ADD COLUMN IF NOT EXISTS tool_calls VARCHAR",  # JSON of the answer's tool calls
 ]
 
 VIEWS: dict[str, str] = {
