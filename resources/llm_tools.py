@@ -57,8 +57,10 @@ def constrained_request(req: ChatRequest) -> ChatRequest:
 
 def _as_text(m: dict) -> dict:
     """Earlier tool calls of the conversation in the same JSON shape the answer takes (the server's template
-    knows no tool_calls); tool results as plain turns."""
+    knows no tool_calls); tool results as user turns (llama-cpp-python's server rejects a `tool` message)."""
     calls = m.get("tool_calls") or []
+    if m.get("role") == "tool":
+        return {"role": "user", "content": f"Function result: {m.get('content') or ''}"}
     if not calls:
         return {"role": m.get("role"), "content": m.get("content") or ""}
     lines = [json.dumps({"name": c["function"]["name"], "arguments": c["function"].get("arguments")},

@@ -20,7 +20,7 @@ from resources.store import DuckDBStore
     partitions_def=CATEGORY,
     group_name="dataset",
     kinds={"duckdb", "pandas", "parquet"},
-    code_version="dataset-v1",
+    code_version="dataset-v2",
     metadata={"partition_expr": "category"},
 )
 def clean_dataset(context: dg.AssetExecutionContext, store: DuckDBStore, decontaminated: pd.DataFrame):

@@ -23,7 +23,7 @@ def _turn_counts(df: pd.DataFrame) -> dict[str, int]:
     partitions_def=CATEGORY,
     group_name="generation",
     kinds={"openai", "duckdb"},
-    code_version="generation-v1",
+    code_version="generation-v2",
     metadata={"partition_expr": "category"},
     pool="teacher",
     ins={"seed_prompts": dg.AssetIn("seed_prompts")},

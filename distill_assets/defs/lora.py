@@ -35,7 +35,7 @@ def _loss_markdown(epochs: list[dict], png: Path) -> str:
     group_name="training",
     kinds={"pytorch", "peft"},
     pool="training",
-    code_version="lora_adapter_v1",
+    code_version="lora_adapter_v2",
     description="LoRA/QLoRA adapter trained with trl SFTTrainer on all categories of clean_dataset.",
 )
 def lora_adapter(

@@ -105,6 +105,16 @@ def tools_system_text(tools: list[dict]) -> str:
     return f"{TOOLS_HEADER}\n{listing}\n{TOOLS_HOWTO}"
 
 
+def tools_brief(tools: list[dict]) -> str:
+    """One line per function, `name(param, ...): description`: the function list for a reader, not a model."""
+    lines = []
+    for t in tools:
+        fn = t.get("function", t)
+        params = ", ".join((fn.get("parameters") or {}).get("properties", {}))
+        lines.append(f"{fn['name']}({params}): {fn.get('description', '')}".strip())
+    return "\n".join(lines)
+
+
 def plain_text_messages(msgs: list[dict], tools: list[dict] | None) -> list[dict]:
     """The conversation for a chat template without tool support: the function list appended to the system
     prompt, tool calls as text lines in the assistant content, tool results as `tool` turns."""
@@ -166,14 +176,14 @@ def conversation_problem(msgs: Any, *, ends_with: str | tuple = "assistant", all
         elif not isinstance(content, str):
             return "non_string_content"
         p = prev["role"] if prev else None
-        if role == "user" and p not in (None, "assistant") or role == "assistant" and p not in ("user", "tool"):
-            return "wrong_roles_or_order"
         if role == "tool":
             if pending_tools <= 0:
                 return "tool_message_without_call"
             pending_tools -= 1
         elif pending_tools:
             return "missing_tool_result"
+        if role == "user" and p not in (None, "assistant") or role == "assistant" and p not in ("user", "tool"):
+            return "wrong_roles_or_order"
         if role == "assistant":
             pending_tools = len(calls or [])
     if turns[-1]["role"] not in ends:

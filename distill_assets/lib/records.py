@@ -86,6 +86,10 @@ def _messages_errors(path: Path, line: int, msgs, max_chars: int) -> list[InputE
                 "wrong_roles_or_order": "turns must start with user and alternate user/assistant"}.get(problem, "")
         return [InputError(path, line, "messages", f"not a valid OpenAI chat list: {problem}"
                                                     + (f"; {hint}" if hint else ""))]
+    for m in msgs:  # OpenAI-compatible servers refuse a tool result that does not name its call
+        if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
+            return [InputError(path, line, "messages", "a tool turn needs tool_call_id, the id of the call it "
+                                                        "answers")]
     size = sum(len(conv.message_text(m)) for m in msgs)
     if size > max_chars:
         return [InputError(path, line, "messages", f"is {size} characters; the limit is {max_chars} "

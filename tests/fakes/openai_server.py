@@ -46,11 +46,10 @@ def _value(name: str, spec: dict, text: str):
         return (int(float(m.group(0))) if kind == "integer" else float(m.group(0))) if m else 1
     if kind == "boolean":
         return False
-    if spec.get("pattern"):
-        m = re.search(spec["pattern"].strip("^$"), text)
-        if m:
-            return m.group(0)
-    return f"{name} from the request"
+    # the pattern's match in the text, else an id-like token (A-1234), else a placeholder
+    m = re.search(spec["pattern"].strip("^$"), text) if spec.get("pattern") else None
+    m = m or re.search(r"\b[A-Z]{1,4}-?\d{3,}\b", text)
+    return m.group(0) if m else f"{name} from the request"
 
 
 def default_tool_responder(body: dict) -> list[dict]:

@@ -238,7 +238,7 @@ def _instruction_shown(row: dict, cat: Category, limit: int) -> str:
     it is long) and then the last user turn, so only the final assistant turn is rated, in its context."""
     msgs = conv.loads(row.get("messages"))
     last = str(row.get("instruction") or "")
-    tools = f"Functions the assistant may call: {conv.tools_system_text(cat.tools_json())}\n" if cat.tools else ""
+    tools = f"Functions the assistant may call:\n{conv.tools_brief(cat.tools_json())}\n" if cat.tools else ""
     if not msgs or conv.is_plain_pair(msgs):
         return (tools + last)[:limit] if tools else last[:limit]
     turns = [m for m in msgs[:-1] if m.get("role") != "system"]
