@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from distill_assets.lib import ledger
+from distill_assets.lib.artifacts import dir_digest
 from distill_assets.lib.contamination import encoder
 from distill_assets.lib.hf_export import export_hf_dataset
 from distill_assets.lib.settings import get_settings
@@ -25,6 +27,12 @@ def dataset_export(context: dg.AssetExecutionContext, store: DuckDBStore,
     out = get_settings().dataset_export
     facts = export_hf_dataset(store, load_tasks(), out, encode=encoder(embedder, store))
     cats = facts["categories"]
+    sha, size = dir_digest(out)
+    ledger.register_artifact(
+        store, artifact_id=f"dataset_export:{sha[:16]}", asset="dataset_export", kind="hf_dataset", path=str(out),
+        sha256=sha, bytes=size, parent_artifact_id=None, dataset_version=None, run_id=context.run.run_id,
+        metadata={"rows": facts["rows"], "configs": sorted(cats), "license": facts["license"],
+                  "dataset_versions": {n: c["dataset_version"] for n, c in cats.items()}})
     if facts["empty_categories"]:
         context.log.warning(f"no rows to export for {facts['empty_categories']}: they get no config")
     return dg.MaterializeResult(metadata={

@@ -75,6 +75,8 @@ class Filters(_Strict):
     near_dup_min_tokens: int = Field(
         default=6, ge=0,
         description="shorter responses (labels, bare numbers) are near-dup-compared on the instruction only")
+    judge: bool = Field(default=True, description="false skips the LLM judge (rows kept as judge_skipped): for "
+                                                  "answers verification checks exactly, such as tool calls")
     judge_keep_unparseable: bool = Field(default=False, description="keep rows whose judge answer stays unparseable")
     judge_max_tokens: int = Field(default=160, ge=8, description="judge answer budget (JSON scores + rationale)")
     judge_max_chars: int = Field(default=6000, ge=200, description="instruction/response chars shown to the judge")

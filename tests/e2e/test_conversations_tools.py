@@ -166,6 +166,12 @@ def test_multi_turn_category_reaches_clean_dataset(graph):
     # each teacher call of a conversation is recorded: 3 answers and 2 simulated user turns (1 for the seeded one)
     assert sorted([c["role"] for c in cs].count("user") for cs in calls) == [1, 2, 2, 2]
     assert all(cs[-1]["call_key"] == k for cs, k in zip(calls, raw["call_key"]))
+    from distill_assets.lib.lineage import origin, why
+
+    eid = clean["example_id"].iloc[0]
+    o = origin(graph["store"], eid)
+    assert len(o["teacher_calls"]) == len(o["generation"]["turn_calls"])  # every turn's call is found
+    assert why(graph["store"], eid)["status"] == "kept through clean_dataset"
     ev = graph["store"].query_df("SELECT evidence FROM lineage WHERE category = 'support' AND stage = "
                                  "'quality_filtered'")
     assert all(json.loads(e)["assistant_turns"] == 3 for e in ev["evidence"])  # every turn was checked

@@ -240,7 +240,7 @@ def _instruction_shown(row: dict, cat: Category, limit: int) -> str:
     last = str(row.get("instruction") or "")
     tools = f"Functions the assistant may call:\n{conv.tools_brief(cat.tools_json())}\n" if cat.tools else ""
     if not msgs or conv.is_plain_pair(msgs):
-        return (tools + last)[:limit] if tools else last[:limit]
+        return (tools[:max(0, limit - len(last))] + last)[:limit]  # the request is never the part cut
     turns = [m for m in msgs[:-1] if m.get("role") != "system"]
     # the turns before the final answer; the last of them is the request it answers
     earlier = conv.transcript(turns[:-1], limit=max(0, limit - len(last) - len(tools) - 40))
@@ -268,6 +268,14 @@ def _request(messages: list[dict], cat: Category, sample_index: int, tag) -> Cha
 def judge_frame(df: pd.DataFrame, cat: Category, complete: Callable[[list[ChatRequest]], list[ChatResult]],
                 judge_model: str = "") -> pd.DataFrame:
     """Score every row with the judge and annotate it (pure apart from `complete`, the judge call)."""
+    if not cat.filters.judge:  # the category opted out: every row passes, and says why
+        out = df.copy()
+        out["judge_score"] = pd.Series([float("nan")] * len(out), index=out.index, dtype="float64")
+        out["judge_scores"] = pd.Series(["{}"] * len(out), index=out.index, dtype="object")
+        out["judge_rationale"] = pd.Series([""] * len(out), index=out.index, dtype="object")
+        out["judge_status"] = pd.Series(["skipped"] * len(out), index=out.index, dtype="object")
+        return annotate(out, [True] * len(out), ["judge_skipped"] * len(out),
+                        [{"judge": "skipped: filters.judge is false for this category"}] * len(out))
     rows = df.to_dict("records")
     first = complete([_request(judge_messages(r, cat), cat, 0, i) for i, r in enumerate(rows)]) if rows else []
     parses: list[JudgeParse | None] = [parse_judge_answer(r.content) if r.ok else None for r in first]

@@ -104,3 +104,17 @@ def test_dedup_texts_of_conversations_and_tool_calls():
     plain = training_texts(pd.DataFrame([row(conversation(GOOD2)[:2])]))
     assert plain["response"].iloc[0] == GOOD == plain["dedup_text"].iloc[0] and not plain["short_answer"].iloc[0]
     assert np.array_equal(plain["instruction"], ["How do I reset my password?"])
+
+
+def test_a_category_can_skip_the_judge():
+    from distill_assets.lib.filters.judge import judge_frame
+
+    cat = load_tasks().category("order_tools")
+    assert cat.filters.judge is False  # the demo: verification checks the calls exactly
+
+    def no_calls(reqs):
+        raise AssertionError("the judge must not be called")
+
+    out = judge_frame(pd.DataFrame([row(conversation(GOOD2))]), cat, no_calls)
+    assert out["keep"].all() and out["reason"].tolist() == ["judge_skipped"]
+    assert out["judge_status"].tolist() == ["skipped"]
