@@ -87,12 +87,16 @@ def training_texts(df: pd.DataFrame, id_column: str = "example_id") -> pd.DataFr
 
 
 def seed_texts(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Seeds as training-like rows: the prompt is the instruction, the reference response the response."""
+    """Seeds as training-like rows: the prompt (every user turn and tool result of a conversation seed) is the
+    instruction, the reference response the response."""
     if seeds.empty:
         return pd.DataFrame(columns=["example_id", "instruction", "response"])
+    msgs = seeds["messages"] if "messages" in seeds.columns else pd.Series([None] * len(seeds))
+    prompts = [conv.user_text(m) if m else p for p, m in zip(seeds["prompt"].fillna("").astype(str),
+                                                             (conv.loads(v) for v in msgs))]
     return pd.DataFrame({
         "example_id": seeds["seed_id"].astype(str).to_numpy(),
-        "instruction": seeds["prompt"].fillna("").astype(str).to_numpy(),
+        "instruction": prompts,
         "response": (seeds["reference_response"] if "reference_response" in seeds.columns
                      else pd.Series([""] * len(seeds))).fillna("").astype(str).to_numpy(),
     })
