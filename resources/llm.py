@@ -96,6 +96,7 @@ class LLMResource(dg.ConfigurableResource):
             "base_url": redact_url(self.base_url) if self.base_url else "(embedded)",
             "model": self.model or llama_server.EMBEDDED_ALIAS,
             "max_concurrency": self.max_concurrency,
+            "tool_calls": self.tool_calls_form,
             "price_prompt_per_1m": self.price_prompt_per_1m,
             "price_completion_per_1m": self.price_completion_per_1m,
         }

@@ -75,3 +75,17 @@ def test_constrained_request_renders_earlier_calls_as_text():
         "name"] == {"const": "start_refund"}
     assert all(isinstance(m["content"], str) for m in req.messages)
     assert '"name": "lookup_order"' in req.messages[2]["content"]
+
+
+def test_tool_calls_form_from_the_environment(monkeypatch):
+    import pytest
+
+    from distill_assets.defs.resources import llm_from_env
+
+    monkeypatch.setenv("TEACHER_BASE_URL", "http://teacher.example/v1")
+    monkeypatch.setenv("TEACHER_MODEL", "m")
+    monkeypatch.setenv("TEACHER_TOOL_CALLS", "json_schema")
+    assert llm_from_env("TEACHER", "teacher").describe()["tool_calls"] == "json_schema"
+    monkeypatch.setenv("TEACHER_TOOL_CALLS", "sometimes")
+    with pytest.raises(ValueError, match="TEACHER_TOOL_CALLS='sometimes'"):
+        llm_from_env("TEACHER", "teacher")
