@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -42,11 +43,20 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
+def _relative(path: str, base: Path | None) -> str:
+    """A seed file as the task file names it (relative to its folder), so the card shows no local paths."""
+    try:
+        return Path(path).relative_to(base).as_posix() if base else path
+    except ValueError:
+        return path
+
+
 def _by(store: DuckDBStore, sql: str, params: list) -> pd.DataFrame:
     return store.query_df(sql, params)
 
 
-def _category_facts(store: DuckDBStore, cat: Category, part: pd.DataFrame, files: dict, encode) -> dict:
+def _category_facts(store: DuckDBStore, cat: Category, part: pd.DataFrame, files: dict, encode,
+                    base: Path | None = None) -> dict:
     name = cat.name
     gen_ids = part["generation_id"].dropna().astype(str).tolist()
     teachers = (_by(store, "SELECT teacher_model, count(*) AS n FROM raw_generations "
@@ -81,6 +91,7 @@ def _category_facts(store: DuckDBStore, cat: Category, part: pd.DataFrame, files
         "difficulty": _counts(part["difficulty"]),
         "teacher_models": {str(r.teacher_model): int(r.n) for r in teachers.itertuples()},
         "judge_models": [str(j) for j in judges],
+        "judged": bool(cat.filters.judge),
         "funnel": [{"stage": r.stage, "rows_in": int(r.rows_in), "kept": int(r.kept), "dropped": int(r.dropped),
                     "quarantined": int(r.quarantined)} for r in fun.itertuples()] if not fun.empty else [],
         "drop_reasons": {st: {str(r.reason): int(r.n) for r in g.itertuples()} for st, g in drops.groupby("stage")},
@@ -91,15 +102,16 @@ def _category_facts(store: DuckDBStore, cat: Category, part: pd.DataFrame, files
             "rules": ["13-gram", "8-gram"] + (["embedding"] if encode is not None else []),
         },
         "seeds": {"rows": int(len(seeds)), "by_source": _counts(seeds["source"]),
-                  "files": sorted({str(f) for f in seeds["source_file"].dropna()})},
+                  "files": sorted({_relative(str(f), base) for f in seeds["source_file"].dropna()})},
     }
 
 
 def card_facts(store: DuckDBStore, tasks: TaskFile, df: pd.DataFrame, files: dict[str, dict], encode) -> dict:
-    cats = {c.name: _category_facts(store, c, df[df["category"] == c.name], files[c.name], encode)
+    base = tasks.path.parent if tasks.path else None
+    cats = {c.name: _category_facts(store, c, df[df["category"] == c.name], files[c.name], encode, base)
             for c in tasks.categories if c.name in files}
     return {
-        "name": tasks.name, "license": tasks.license, "task_file": str(tasks.path) if tasks.path else None,
+        "name": tasks.name, "license": tasks.license, "task_file": tasks.path.name if tasks.path else None,
         "distill_version": distill_version(), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": int(sum(c["rows"] for c in cats.values())),
         "splits": {s: int(sum(c["splits"][s] for c in cats.values())) for s in ("train", "validation")},
@@ -155,23 +167,25 @@ def render_card(facts: dict) -> str:
         out.append("Categories with no example that passed every filter (no config): "
                    + ", ".join(f"`{c}`" for c in facts["empty_categories"]) + ".")
     for name, c in facts["categories"].items():
+        judges = ", ".join(c["judge_models"]) or ("skipped (filters.judge: false)" if not c["judged"]
+                                                  else "none recorded")
         out += [f"## {name}",
                 f"{c['rows']} examples ({c['splits']['train']} train, {c['splits']['validation']} validation), "
                 f"dataset version `{c['dataset_version']}`, verification `{c['verify']}`"
                 + (f", tools: {', '.join(f'`{t}`' for t in c['tools'])}" if c["tools"] else "") + ".",
-                f"- Teacher model(s): {_inline(c['teacher_models'])}; judge model(s): "
-                f"{', '.join(c['judge_models']) or 'none recorded'}",
-                f"- Generation methods: {_inline(c['methods'])}; assistant turns per example: "
-                f"{_inline(c['assistant_turns'])} (conversation_turns {c['conversation_turns']})",
-                f"- Example sources: {_inline(c['sources'])}; difficulty: {_inline(c['difficulty'])}",
-                f"- Seeds: {c['seeds']['rows']} ({_inline(c['seeds']['by_source'])}) from "
-                f"{', '.join(f'`{f}`' for f in c['seeds']['files']) or 'no seed file recorded'}",
-                "", "Filter funnel (lineage):", "",
-                _table(c["funnel"], ["stage", "rows_in", "kept", "dropped", "quarantined"])]
+                "\n".join([
+                    f"- Teacher model(s): {_inline(c['teacher_models'])}; judge model(s): {judges}",
+                    f"- Generation methods: {_inline(c['methods'])}; assistant turns per example: "
+                    f"{_inline(c['assistant_turns'])} (conversation_turns {c['conversation_turns']})",
+                    f"- Example sources: {_inline(c['sources'])}; difficulty: {_inline(c['difficulty'])}",
+                    f"- Seeds: {c['seeds']['rows']} ({_inline(c['seeds']['by_source'])}) from "
+                    f"{', '.join(f'`{f}`' for f in c['seeds']['files']) or 'no seed file recorded'}"]),
+                "Filter funnel (lineage):\n\n" + _table(c["funnel"], ["stage", "rows_in", "kept", "dropped",
+                                                                       "quarantined"])]
         if c["drop_reasons"]:
-            out += ["", "Drop reasons: " + "; ".join(f"{st}: {_inline(r)}" for st, r in c["drop_reasons"].items())]
+            out.append("Drop reasons: " + "; ".join(f"{st}: {_inline(r)}" for st, r in c["drop_reasons"].items()))
         k = c["contamination"]
-        out.append(f"\nContamination: the decontaminate stage dropped {k['decontaminate_dropped']} row(s); a "
+        out.append(f"Contamination: the decontaminate stage dropped {k['decontaminate_dropped']} row(s); a "
                    f"re-check of the {k['recheck_rows']} exported rows against the {k['eval_items']} held-out eval "
                    f"items ({', '.join(k['rules'])}) found {k['recheck_contaminated']} contaminated.")
     return "\n\n".join(out) + "\n"
