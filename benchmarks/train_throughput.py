@@ -56,7 +56,8 @@ plan = resolve_plan(TrainOptions(profile="full", max_steps=a["steps"], per_devic
                                 effective_batch_size=a["bs"] * a["accum"], max_seq_len=a["seq"],
                                 num_threads=a["threads"], save_steps=10**6, gradient_checkpointing=False),
                     cuda_available=False)
-r = train_lora(a["model"], d["train"], d["val"], plan, Path(a["out"]), base_model_id="bench", dataset_version="b")
+r = train_lora(a["model"], d["ours_train"], d["ours_val"], plan, Path(a["out"]), base_model_id="bench",
+               dataset_version="b")
 print("RESULT", json.dumps({"tokens": r.train_tokens, "runtime": r.train_runtime_s, "peak_rss_mb": r.peak_rss_mb}))
 '''
 
@@ -93,8 +94,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     tr, va, _ = split_dataset(clean_frame(8), VALIDATION_FRACTION)
     data = work / "data.json"
-    data.write_text(json.dumps({"train": [{"prompt": r["prompt"], "completion": r["completion"]} for r in tr],
-                                "val": [{"prompt": r["prompt"], "completion": r["completion"]} for r in va]}))
+    # ours takes the conversation records as they are; plain trl gets the same rows as prompt/completion pairs
+    pc = lambda rs: [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rs]
+    data.write_text(json.dumps({"train": pc(tr), "val": pc(va), "ours_train": tr, "ours_val": va}))
     common = {"model": model, "data": str(data), "steps": a.steps, "threads": a.threads, "seq": a.seq,
               "bs": a.bs, "accum": a.accum}
     results = {"plain_trl": [], "distill": []}

@@ -80,6 +80,10 @@ class LLMResource(dg.ConfigurableResource):
     structured_output: Literal["auto", "json_schema", "json_object", "off"] = Field(
         default="auto", description="wire form of JSON-schema answers: auto = json_object for the embedded "
                                     "llama.cpp server, json_schema (OpenAI form) otherwise; off = plain prompts")
+    tool_calls: Literal["auto", "native", "json_schema"] = Field(
+        default="auto", description="how requests with `tools` go out: native = the OpenAI `tools` parameter; "
+                                    "json_schema = the call as a constrained JSON answer (llm_tools.py); auto = "
+                                    "json_schema for the embedded llama.cpp server and in-process vLLM, else native")
 
     @property
     def embedded(self) -> bool:
@@ -91,6 +95,12 @@ class LLMResource(dg.ConfigurableResource):
             return self.structured_output
         return "json_object" if self.embedded else "json_schema"
 
+    @property
+    def tool_calls_form(self) -> str:
+        if self.tool_calls != "auto":
+            return self.tool_calls
+        return "json_schema" if self.embedded or self.backend == "vllm" else "native"
+
     def describe(self) -> dict:
         """What the UI may show: never the key."""
         return {
@@ -101,6 +111,7 @@ class LLMResource(dg.ConfigurableResource):
             "max_concurrency": self.max_concurrency,
             "mode": self.mode,
             "batch_discount": self.batch_discount,
+            "tool_calls": self.tool_calls_form,
             "price_prompt_per_1m": self.price_prompt_per_1m,
             "price_completion_per_1m": self.price_completion_per_1m,
         }

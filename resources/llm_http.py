@@ -18,6 +18,7 @@ from resources.llm_types import (
     APITimeoutError,
     ChatResult,
     TokenLogprobs,
+    normalize_tool_calls,
     parse_logprobs,
 )
 from resources.store import utcnow
@@ -35,6 +36,7 @@ class Completion:
     model: str | None = None
     error: str | None = None
     logprobs: TokenLogprobs | None = None
+    tool_calls: list[dict] | None = None
 
     @property
     def ok(self) -> bool:
@@ -58,9 +60,13 @@ def parse_completion(body: bytes | str | dict, want_logprobs: bool = False) -> C
         finish = choice.get("finish_reason")
         pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         logprobs = parse_logprobs(choice) if want_logprobs else None
+        tool_calls = normalize_tool_calls(choice["message"].get("tool_calls"))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         return Completion("malformed", error=f"malformed response: {type(e).__name__}: {e}"[:300])
     model = body.get("model") if isinstance(body.get("model"), str) else None
+    if tool_calls:  # a call is an answer even without text (content is then null)
+        return Completion(OK, content if isinstance(content, str) else "", finish, pt, ct, model,
+                          logprobs=logprobs, tool_calls=tool_calls)
     if not isinstance(content, str) or not content.strip():
         return Completion("empty", None, finish, pt, ct, model, "empty content")
     return Completion(OK, content, finish, pt, ct, model, logprobs=logprobs)

@@ -77,4 +77,5 @@ def _latest_per_key(frame: pd.DataFrame) -> pd.DataFrame:
 LEDGER_COLUMNS = [
     "call_key", "model", "role", "status", "response", "finish_reason", "prompt_tokens", "completion_tokens",
     "cost_usd", "latency_s", "attempts", "error", "category", "run_id", "request_json", "created_at", "budget_scope",
+    "tool_calls",
 ]

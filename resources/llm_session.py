@@ -25,6 +25,7 @@ from resources.llm_journal import (
     replay_journals,
 )
 from resources.llm_logprobs import JOURNAL_KEY, TokenMap, logprob_frame, logprob_row
+from resources.llm_tools import CONSTRAINED, calls_from_answer, constrained_request
 from resources.llm_types import (
     OK,
     RETRYABLE_STATUS,
@@ -84,6 +85,7 @@ class LLMSession:
         row = {
             "call_key": result.call_key, "model": result.model, "role": self.cfg.role, "status": result.status,
             "response": result.content, "finish_reason": result.finish_reason,
+            "tool_calls": json.dumps(result.tool_calls, ensure_ascii=False) if result.tool_calls else None,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "cost_usd": result.cost_usd, "latency_s": result.latency_s, "attempts": result.attempts,
             "error": result.error, "category": category, "run_id": self.run_id,
@@ -191,6 +193,13 @@ class LLMSession:
         """The /v1/chat/completions request body, online and in a batch input file alike."""
         return {"model": self.model, "messages": request.messages, **self.params(request)}
 
+    def wire(self, request: ChatRequest) -> ChatRequest:
+        """The request as this endpoint is sent it: `tools` as a constrained JSON answer where the server
+        cannot take them (llm_tools.py), otherwise unchanged."""
+        if request.tools and request.tool_form is None and self.cfg.tool_calls_form == CONSTRAINED:
+            return constrained_request(request)
+        return request
+
     def key(self, request: ChatRequest) -> str:
         # keyed on what is sent: the same judge prompt with and without a schema are different calls
         return call_key(self.model, request.messages, self.params(request), request.sample_index)
@@ -204,6 +213,7 @@ class LLMSession:
         if self.token_map is None and any(r.top_logprobs for r in requests):
             raise ValueError(f"{self.cfg.role}: requests ask for top_logprobs but the session has no token map "
                              "to store them with; open it with session(..., token_map=...)")
+        requests = [self.wire(r) for r in requests]
         keys = [self.key(r) for r in requests]
         hits = self.cached(list(dict.fromkeys(keys)))
         results: list[ChatResult | None] = [None] * len(requests)
@@ -216,6 +226,7 @@ class LLMSession:
                     finish_reason=hit["finish_reason"], prompt_tokens=int(hit["prompt_tokens"] or 0),
                     completion_tokens=int(hit["completion_tokens"] or 0), latency_s=float(hit["latency_s"] or 0),
                     cost_usd=0.0, attempts=0, cached=True, tag=req.tag,
+                    tool_calls=json.loads(hit["tool_calls"]) if isinstance(hit.get("tool_calls"), str) else None,
                 )
             else:
                 todo.append(i)
@@ -247,6 +258,11 @@ class LLMSession:
                 results[i].tag = requests[i].tag
         self.flush()
         tracker.finish()
+        for req, res in zip(requests, results):
+            if req.tool_form == CONSTRAINED and res is not None and res.ok and not res.tool_calls:
+                res.tool_calls = calls_from_answer(res.content)
+                if res.tool_calls:
+                    res.content = ""
         return results  # type: ignore[return-value]
 
     def _check_mode(self, mode: str | None) -> str:
@@ -362,7 +378,7 @@ class LLMSession:
         self.stats["ok"] += 1
         return ChatResult(key, answer.model or self.model, OK, answer.content, answer.finish_reason,
                           answer.prompt_tokens, answer.completion_tokens, latency, cost, attempts, reserved=reserved,
-                          logprobs=answer.logprobs)
+                          logprobs=answer.logprobs, tool_calls=answer.tool_calls)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

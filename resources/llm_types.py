@@ -39,6 +39,11 @@ class ChatRequest:
     schema_name: str = "answer"
     # top-k logprobs of each generated token (OpenAI `logprobs` + `top_logprobs`); None or 0 = not asked
     top_logprobs: int | None = None
+    # OpenAI-style function schemas the model may call; sent in the params, so they are part of the cache key
+    tools: list[dict] | None = None
+    # set by the session when `tools` went out as a constrained JSON answer (see llm_tools.py): the answer is
+    # turned back into tool calls; not part of the cache key (the wire form already differs)
+    tool_form: str | None = None
     tag: Any = None  # the caller's handle; not part of the cache key
 
     def params(self, structured_output: str = "json_schema") -> dict:
@@ -55,6 +60,8 @@ class ChatRequest:
             else:  # the OpenAI form, also read by vLLM, SGLang and Ollama's OpenAI endpoint
                 p["response_format"] = {"type": "json_schema", "json_schema": {
                     "name": self.schema_name, "schema": self.json_schema, "strict": True}}
+        if self.tools:
+            p["tools"] = self.tools
         return p
 
 
@@ -63,7 +70,7 @@ class ChatResult:
     call_key: str
     model: str
     status: str  # ok | empty | malformed | error | budget_exceeded
-    content: str | None = None  # only ever set when status == ok
+    content: str | None = None  # only ever set when status == ok ("" when the answer is only tool calls)
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -72,6 +79,8 @@ class ChatResult:
     attempts: int = 0
     error: str | None = None
     cached: bool = False
+    # [{"id", "type": "function", "function": {"name", "arguments": JSON text}}] when the model called tools
+    tool_calls: list[dict] | None = None
     tag: Any = field(default=None, repr=False)
     reserved: tuple[float, int] | None = field(default=None, repr=False)  # budget estimate (usd, tokens)
     logprobs: TokenLogprobs | None = field(default=None, repr=False)  # when asked and the server gave them
@@ -121,6 +130,21 @@ def parse_logprobs(choice: dict) -> TokenLogprobs | None:
         out.logprobs.append(lp)
         out.top.append(sorted((_entry(t) for t in pos.get("top_logprobs") or []), key=lambda t: -t[2]))
     return out
+def normalize_tool_calls(raw: Any) -> list[dict] | None:
+    """`message.tool_calls` of an answer in one shape; arguments stay the text the model wrote (JSON or not)."""
+    if not isinstance(raw, list) or not raw:
+        return None
+    out = []
+    for i, c in enumerate(raw):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            continue
+        args = fn.get("arguments")
+        if not isinstance(args, str):  # some servers send an object
+            args = json.dumps(args, ensure_ascii=False) if args is not None else ""
+        out.append({"id": str(c.get("id") or f"call_{i}"), "type": "function",
+                    "function": {"name": fn["name"], "arguments": args}})
+    return out or None
 
 
 class BudgetExceeded(RuntimeError):

@@ -10,6 +10,7 @@
     distill report open                      the latest HTML eval report
     distill batch export-requests CAT FILE   a generation phase as a batch file, for `vllm run-batch`
     distill batch import-results REQ RES     the runner's answers into teacher_calls
+    distill export dataset DIR               clean_dataset as a Hugging Face dataset folder with its card
 
 This module parses arguments only: the command modules (`commands.py`, `backfill.py`, `sql.py`) import Dagster and the
 resources, and are loaded after parsing, so `--help` is instant. Bad input (unknown category, asset or id,
@@ -151,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("results", metavar="RESULTS")
     bi.add_argument("--category", "-c", help="the category the requests were exported for (for the ledger)")
     bi.set_defaults(fn=("batch", "cmd_import"))
+    e = sub.add_parser("export", parents=[common], help="export data out of the ledger")
+    esub = e.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ed = esub.add_parser("dataset", parents=[common], help="clean_dataset as a Hugging Face dataset folder: "
+                         "Parquet + chat JSONL per category and a generated README.md card",
+                         description="Write every category of clean_dataset to DIR: data/<category>/<split>"
+                                     ".parquet, jsonl/<category>/<split>.jsonl, README.md (the dataset card, "
+                                     "its numbers read from the ledger) and card.json. datasets.load_dataset(DIR) "
+                                     "loads it. DIR is replaced as a whole.")
+    ed.add_argument("dir", metavar="DIR", help="output folder (replaced)")
+    ed.add_argument("--ngrams-only", action="store_true",
+                    help="re-check contamination with the n-gram rules only (skips loading the embedder)")
+    ed.set_defaults(fn=("export", "cmd_export_dataset"))
     return p
 
 

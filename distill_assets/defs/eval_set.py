@@ -15,7 +15,7 @@ from resources.store import DuckDBStore
     partitions_def=CATEGORY,
     group_name="evaluation",
     kinds={"duckdb", "pandas"},
-    code_version="eval-set-v1",
+    code_version="eval-set-v2",
     metadata={"partition_expr": "category"},
 )
 def eval_set(context: dg.AssetExecutionContext, store: DuckDBStore) -> dg.Output[pd.DataFrame]:

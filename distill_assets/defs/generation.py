@@ -1,16 +1,23 @@
 """`raw_generations`: teacher outputs per category by the task's generation methods."""
 
+import json
+
 import dagster as dg
 import pandas as pd
 
 from distill_assets.defs.partitions import CATEGORY
 from distill_assets.lib.generation.logprobs import student_token_map
-from distill_assets.lib.generation.plan import category_cost, generate
+from distill_assets.lib.generation.plan import all_call_keys, category_cost, generate
 from distill_assets.lib.ids import frame_version
 from distill_assets.lib.stages import preview_markdown
 from distill_assets.lib.tasks import load_tasks
 from resources.llm import LLMResource
 from resources.store import DuckDBStore
+
+
+def _turn_counts(df: pd.DataFrame) -> dict[str, int]:
+    turns = df["messages"].map(lambda m: sum(x.get("role") == "assistant" for x in json.loads(m))) if len(df) else []
+    return {str(k): int(v) for k, v in pd.Series(turns, dtype="int64").value_counts().sort_index().items()}
 
 
 @dg.asset(
@@ -46,13 +53,14 @@ def raw_generations(context: dg.AssetExecutionContext, seed_prompts: pd.DataFram
         context.log.warning(f"{stats.failed} call(s) failed after retries {stats.failures}; rerun to retry them")
     if stats.budget_note:
         context.log.warning(stats.budget_note)
-    cost = category_cost(store, df["call_key"].tolist())
+    cost = category_cost(store, all_call_keys(df))
     version = frame_version(df, ["generation_id", "response"])
     return dg.Output(
         df,
         metadata={
             "rows": dg.MetadataValue.int(len(df)),
             "by_method": dg.MetadataValue.json(df["method"].value_counts().to_dict()),
+            "by_assistant_turns": dg.MetadataValue.json(_turn_counts(df)),
             "teacher": dg.MetadataValue.json({**teacher.describe(), "model": model,
                                               "mode": category.generation.mode or teacher.mode}),
             "calls": dg.MetadataValue.int(stats.calls),

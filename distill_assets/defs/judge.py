@@ -27,7 +27,7 @@ def judged(context: dg.AssetExecutionContext, deduplicated: pd.DataFrame, store:
     cat = load_tasks().category(context.partition_key)
     rows = kept(deduplicated)
     stats: dict = {}
-    if rows.empty or not cat.filters.judge_enabled:
+    if rows.empty or not cat.filters.judge_enabled:  # no judge server is started for a category without one
         df = judge_frame(rows, cat, lambda reqs: [])
     else:
         with judge.session(store, run_id=context.run.run_id, logger=context.log) as s:

@@ -38,7 +38,7 @@ def _loss_markdown(epochs: list[dict], png: Path) -> str:
     group_name="training",
     kinds={"pytorch", "peft"},
     pool="training",
-    code_version="lora_adapter_v1",
+    code_version="lora_adapter_v2",
     description="LoRA/QLoRA adapter trained with trl SFTTrainer on all categories of clean_dataset.",
 )
 def lora_adapter(
@@ -64,6 +64,8 @@ def lora_adapter(
     )
     for w in res.warnings:
         context.log.warning(w)
+    if res.tool_format == "plain_text":
+        context.log.warning(next(n for n in res.notes if "no tool support" in n))
     sha, size = dir_digest(res.adapter_dir)
     artifact_id = f"lora_adapter:{sha[:16]}"
     ledger.register_artifact(
@@ -73,7 +75,8 @@ def lora_adapter(
         metadata={"base_artifact_id": base["artifact_id"], "base_model_path": str(base_dir),
                   "base_model_id": base["metadata"].get("base_model_id"), "plan": plan.to_dict(),
                   "epochs": res.epochs, "warnings": res.warnings, "global_step": res.global_step,
-                  "resumed_from": res.resumed_from, "kd": res.kd},
+                  "resumed_from": res.resumed_from, "kd": res.kd, "tool_format": res.tool_format,
+                  "notes": res.notes},
     )
     last = res.epochs[-1] if res.epochs else {}
     return dg.MaterializeResult(
@@ -99,6 +102,8 @@ def lora_adapter(
             "peak_rss_mb": round(res.peak_rss_mb, 1),
             "plan": dg.MetadataValue.json(plan.to_dict()),
             "kd": dg.MetadataValue.json(res.kd or {}),
+            "tool_format": dg.MetadataValue.text(res.tool_format or "no tools"),
+            "notes": dg.MetadataValue.json(res.notes),
             "sha256": sha,
             "bytes": size,
         },

@@ -51,6 +51,7 @@ def llm_from_env(prefix: str, role: str, fallback: str | None = None) -> LLMReso
         ("request_timeout_s", "TIMEOUT_S", float), ("max_retries", "MAX_RETRIES", int),
         ("structured_output", "STRUCTURED_OUTPUT", str), ("budget_scope", "BUDGET_SCOPE", str),
         ("mode", "MODE", str.lower), ("batch_discount", "BATCH_DISCOUNT", float),
+        ("tool_calls", "TOOL_CALLS", str),
     ]:
         v, var = pick(suffix)
         if v is None:

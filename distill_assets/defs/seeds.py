@@ -17,7 +17,7 @@ from resources.store import DuckDBStore
     partitions_def=CATEGORY,
     group_name="seeds",
     kinds={"duckdb", "pandas"},
-    code_version="seeds-v1",
+    code_version="seeds-v2",
     metadata={"partition_expr": "category"},
 )
 def seed_prompts(context: dg.AssetExecutionContext, store: DuckDBStore) -> dg.Output[pd.DataFrame]:

@@ -17,7 +17,6 @@ lib/shared_text.py) is cut from the eval side before indexing and from both side
 """
 
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
 from distill_assets.lib.eval_set import build_eval_frame
 from distill_assets.lib.records import load_eval_file, load_seed_file
 from distill_assets.lib.shared_text import NOTHING_SHARED, SharedText, find_shared_text
@@ -42,18 +42,39 @@ MATCH_COLUMNS = ["example_id", "eval_id", "rule", "train_field", "eval_field", "
 # ---------------------------------------------------------------- text
 
 def _messages_text(messages: Any, role: str) -> str:
-    try:
-        msgs = json.loads(messages) if isinstance(messages, str) else (messages or [])
-    except json.JSONDecodeError:
-        return ""
-    return "\n".join(m.get("content") or "" for m in msgs if isinstance(m, dict) and m.get("role") == role)
+    msgs = conv.loads(messages) or []
+    msgs = [m for m in msgs if isinstance(m, dict)]
+    return conv.user_text(msgs) if role == "user" else conv.assistant_text(msgs)
+
+
+def _conversation_texts(messages: pd.Series) -> dict[int, tuple[str, str, str, bool]]:
+    """{position: (every user turn, every assistant turn, the near-dup text, whether it ends in a tool call)} of
+    the rows that are more than one plain exchange."""
+    out = {}
+    for i, m in enumerate(messages.tolist()):
+        # a plain system/user/assistant row has three roles and no tool calls: skip parsing it
+        if not isinstance(m, str) or (m.count('"role"') <= 3 and '"tool_calls"' not in m):
+            continue
+        msgs = conv.loads(m)
+        if msgs and not conv.is_plain_pair(msgs):
+            call = bool(msgs[-1].get("tool_calls")) or bool(conv.parse_tool_call_text(msgs[-1].get("content")))
+            near = conv.message_text(msgs[-1]) if call else conv.transcript(msgs)
+            out[i] = (conv.user_text(msgs), conv.assistant_text(msgs), near, call)
+    return out
 
 
 def training_texts(df: pd.DataFrame, id_column: str = "example_id") -> pd.DataFrame:
-    """(example_id, instruction, response) of training rows: the `instruction`/`response` columns when the table
-    has them (filter stages), otherwise the user and assistant turns of `messages` (clean_dataset)."""
+    """(example_id, instruction, response, dedup_text) of training rows: the `instruction`/`response` columns
+    when the table has them (filter stages), otherwise the user and assistant turns of `messages`
+    (clean_dataset). A multi-turn or tool-calling row is its whole conversation either way: every user turn (and
+    tool result), every assistant turn (tool calls as their text lines), so the filters and the checks compare
+    the same text. `dedup_text` is what near-duplicate search compares: the response of a plain row, the whole
+    transcript of a conversation. A row that ends in a tool call is compared like a label (`short_answer`): a
+    call is formulaic (two look-ups of different orders embed alike), so rows are near-duplicates only when the
+    call is the same and the user turns are near-identical."""
     if df.empty:
-        return pd.DataFrame(columns=["example_id", "instruction", "response"])
+        return pd.DataFrame(columns=["example_id", "instruction", "response", "dedup_text", "short_answer"])
+    msgs = df["messages"] if "messages" in df.columns else pd.Series([None] * len(df))
     if "instruction" in df.columns and "response" in df.columns:
         ins, resp = df["instruction"], df["response"]
     elif "messages" in df.columns:
@@ -61,20 +82,27 @@ def training_texts(df: pd.DataFrame, id_column: str = "example_id") -> pd.DataFr
         resp = df["messages"].map(lambda m: _messages_text(m, "assistant"))
     else:
         raise KeyError("training rows need instruction/response columns or a messages column")
-    return pd.DataFrame({
-        "example_id": df[id_column].astype(str).to_numpy(),
-        "instruction": ins.fillna("").astype(str).to_numpy(),
-        "response": resp.fillna("").astype(str).to_numpy(),
-    })
+    ins = ins.fillna("").astype(str).to_numpy(dtype=object).copy()
+    resp = resp.fillna("").astype(str).to_numpy(dtype=object).copy()
+    dedup = resp.copy()
+    short = np.zeros(len(df), dtype=bool)
+    for i, (u, a, t, call) in _conversation_texts(msgs).items():
+        ins[i], resp[i], dedup[i], short[i] = u, a, t, call
+    return pd.DataFrame({"example_id": df[id_column].astype(str).to_numpy(), "instruction": ins, "response": resp,
+                         "dedup_text": dedup, "short_answer": short})
 
 
 def seed_texts(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Seeds as training-like rows: the prompt is the instruction, the reference response the response."""
+    """Seeds as training-like rows: the prompt (every user turn and tool result of a conversation seed) is the
+    instruction, the reference response the response."""
     if seeds.empty:
         return pd.DataFrame(columns=["example_id", "instruction", "response"])
+    msgs = seeds["messages"] if "messages" in seeds.columns else pd.Series([None] * len(seeds))
+    prompts = [conv.user_text(m) if m else p for p, m in zip(seeds["prompt"].fillna("").astype(str),
+                                                             (conv.loads(v) for v in msgs))]
     return pd.DataFrame({
         "example_id": seeds["seed_id"].astype(str).to_numpy(),
-        "instruction": seeds["prompt"].fillna("").astype(str).to_numpy(),
+        "instruction": prompts,
         "response": (seeds["reference_response"] if "reference_response" in seeds.columns
                      else pd.Series([""] * len(seeds))).fillna("").astype(str).to_numpy(),
     })

@@ -1,8 +1,10 @@
 """The clean dataset: the training set of one category, the rows that survived every filter, in chat format.
 
-Columns: example_id, category, messages (JSON: system, user, assistant), split (train | validation), and the
-provenance columns seed_id, method, difficulty, source, generation_id. Every row's messages must render with the
-student chat template (SmolLM2's `apply_chat_template`); a row that does not is quarantined in the ledger.
+Columns: example_id, category, messages (JSON: system, then every user/assistant turn, tool calls in OpenAI
+form), split (train | validation), the provenance columns seed_id, method, difficulty, source, generation_id,
+and tools (the category's function schemas, JSON, or null). Every row's messages must render with the student
+chat template (SmolLM2's `apply_chat_template`, tool calls in the plain-text form where the template has no tool
+support: lib/chat_template.py); a row that does not is quarantined in the ledger.
 
 Exported per partition, atomically, to $DISTILL_HOME/datasets/<category>/: train.jsonl, validation.jsonl
 (`datasets.load_dataset("json", data_files=...)` rows: {"messages": [...], ...}) and data.parquet (all rows with
@@ -19,13 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
+from distill_assets.lib.chat_template import render
 from distill_assets.lib.split import split_of
 from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category
 from distill_assets.lib.tokenizer import student_tokenizer
 
 PROVENANCE = ["seed_id", "method", "difficulty", "source", "generation_id"]
-COLUMNS = ["example_id", "category", "messages", "split"] + PROVENANCE
+COLUMNS = ["example_id", "category", "messages", "split"] + PROVENANCE + ["tools"]
+_KEEP_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
 
 def build_messages(row: pd.Series) -> list[dict]:
@@ -41,21 +46,21 @@ def build_messages(row: pd.Series) -> list[dict]:
     system = [m for m in msgs if isinstance(m, dict) and m.get("role") == "system"]
     if not system and isinstance(row.get("system_prompt"), str) and row["system_prompt"]:
         msgs = [{"role": "system", "content": row["system_prompt"]}] + msgs
-    return [{"role": m.get("role"), "content": m.get("content")} for m in msgs if isinstance(m, dict)]
+    return [{k: m[k] for k in _KEEP_KEYS if k in m} for m in msgs if isinstance(m, dict)]
 
 
-def template_problem(msgs: list[dict], tokenizer) -> str | None:
-    """None when the messages are system, user, assistant with strings and render with the chat template."""
-    if [m["role"] for m in msgs] != ["system", "user", "assistant"]:
-        return "not_system_user_assistant"
-    if not all(isinstance(m["content"], str) and m["content"].strip() for m in msgs[1:]) or \
-            not isinstance(msgs[0]["content"], str):
+def template_problem(msgs: list[dict], tokenizer, tools: list[dict] | None = None) -> str | None:
+    """None when the messages are a system prompt and a well-formed conversation ending with the assistant,
+    every turn has text or a tool call, and it renders with the chat template without losing any of it."""
+    if not msgs or msgs[0].get("role") != "system" or conv.conversation_problem(msgs) is not None:
+        return "not_a_system_led_conversation"
+    if not isinstance(msgs[0]["content"], str) or not all(conv.message_text(m).strip() for m in msgs[1:]):
         return "empty_or_non_string_content"
     try:
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+        text = render(tokenizer, msgs, tools)
     except Exception as e:  # jinja errors of any kind mean the student cannot train on it
         return f"chat_template_error: {type(e).__name__}: {e}"[:300]
-    if not all(m["content"] in text for m in msgs):
+    if not all((m.get("content") or "") in text for m in msgs):
         return "chat_template_lost_content"
     return None
 
@@ -65,7 +70,8 @@ def clean_frame(df: pd.DataFrame, category: Category, tokenizer=None) -> tuple[p
     if tokenizer is None:
         tokenizer = student_tokenizer()
     msgs = [build_messages(r) for _, r in df.iterrows()]
-    problems = [template_problem(m, tokenizer) for m in msgs]
+    tools = category.tools_json()
+    problems = [template_problem(m, tokenizer, tools) for m in msgs]
     bad = [p is not None for p in problems]
     ev = [{"problem": p} if p else {"chat_template": "ok"} for p in problems]
     annotated = annotate(df, [not b for b in bad], [p or "" for p in problems], ev, quarantined=bad)
@@ -78,6 +84,7 @@ def clean_frame(df: pd.DataFrame, category: Category, tokenizer=None) -> tuple[p
     out["split"] = split_of(out["example_id"], category.validation_fraction) if len(out) else []
     for c in PROVENANCE:
         out[c] = df[c].to_numpy()[good] if c in df.columns else None
+    out["tools"] = json.dumps(tools, ensure_ascii=False) if tools else None
     out = out[COLUMNS].sort_values("example_id").reset_index(drop=True)
     return annotated, out
 
@@ -100,6 +107,8 @@ def jsonl_records(df: pd.DataFrame) -> list[dict]:
     for r in df.to_dict("records"):
         r = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
         r["messages"] = json.loads(r["messages"])
+        if isinstance(r.get("tools"), str):
+            r["tools"] = json.loads(r["tools"])
         recs.append(r)
     return recs
 

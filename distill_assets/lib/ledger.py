@@ -24,7 +24,7 @@ TABLES: dict[str, str] = {
             call_key VARCHAR PRIMARY KEY, model VARCHAR, role VARCHAR, status VARCHAR, response VARCHAR,
             finish_reason VARCHAR, prompt_tokens BIGINT, completion_tokens BIGINT, cost_usd DOUBLE,
             latency_s DOUBLE, attempts INTEGER, error VARCHAR, category VARCHAR, run_id VARCHAR,
-            request_json VARCHAR, created_at TIMESTAMPTZ, budget_scope VARCHAR)""",
+            request_json VARCHAR, created_at TIMESTAMPTZ, budget_scope VARCHAR, tool_calls VARCHAR)""",
     # Batch API jobs (resources/llm_batch.py), written before the first poll: a rerun after a kill resumes the open
     # job that holds its pending call keys instead of buying them twice; completed_at is set once its answers are
     # in teacher_calls
@@ -132,6 +132,7 @@ MIGRATIONS = [
         ("n_paired", "BIGINT"), ("base_score", "DOUBLE"), ("delta_vs_base", "DOUBLE"), ("delta_ci_low", "DOUBLE"),
         ("delta_ci_high", "DOUBLE"), ("change", "VARCHAR"), ("judge_signal", "VARCHAR"),
         ("base_judge_signal", "VARCHAR"))),
+    "ALTER TABLE teacher_calls ADD COLUMN IF NOT EXISTS tool_calls VARCHAR",  # JSON of the answer's tool calls
 ]
 
 VIEWS: dict[str, str] = {

@@ -63,7 +63,8 @@ def _raw_row(conn, example_id: str) -> dict | None:
 
 
 def origin(store: DuckDBStore, example_id: str, max_depth: int = 16) -> dict:
-    """Where an example came from: its raw generation, the seed row, the teacher call(s) and its parents.
+    """Where an example came from: its raw generation, the seed row, the teacher call(s) (every turn of a
+    conversation) and its parents.
 
     {"example_id", "generation": {...raw row...}, "seed": {...} | None, "teacher_calls": [...],
      "evol_chain": [...], "parents": [{"example_id", "method", "instruction", "call_key", "seed_id"}, ...]}"""
@@ -88,7 +89,9 @@ def origin(store: DuckDBStore, example_id: str, max_depth: int = 16) -> dict:
                 continue
             parents.append({k: p.get(k) for k in ("example_id", "method", "instruction", "call_key", "seed_id")})
             frontier.extend(_loads(p.get("parent_ids")) or [])
-        keys = [raw.get("call_key")] + [p.get("call_key") for p in parents]
+        # a conversation's every turn (assistant answers and simulated user turns) was its own teacher call
+        turn_keys = [c.get("call_key") for c in _loads(raw.get("turn_calls")) or [] if isinstance(c, dict)]
+        keys = turn_keys + [raw.get("call_key")] + [p.get("call_key") for p in parents]
         keys = [k for k in dict.fromkeys(keys) if k]
         calls: list[dict] = []
         if keys:
@@ -99,7 +102,7 @@ def origin(store: DuckDBStore, example_id: str, max_depth: int = 16) -> dict:
             calls = _row_dicts(c)
             for call in calls:
                 call["request"] = _loads(call.pop("request_json"))
-    for k in ("messages", "params", "parent_ids", "tests", "evol_chain"):
+    for k in ("messages", "params", "parent_ids", "tests", "evol_chain", "turn_calls"):
         if k in raw:
             raw[k] = _loads(raw[k])
     return {"example_id": example_id, "generation": raw, "seed": seed, "teacher_calls": calls,

@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
 from distill_assets.lib.errors import InputError, InputErrors
 from distill_assets.lib.ids import content_hash, seed_id
 from distill_assets.lib.tasks import Category
+from distill_assets.lib.verification.tools import check_call
 
+# `messages`: the seed's conversation (JSON, user turn last) when it is one, else null; `prompt` is then its last
+# user turn, so every stage that reads prompts (contamination, Self-Instruct examples) still has one.
 SEED_COLUMNS = ["seed_id", "category", "prompt", "difficulty", "reference", "tests", "entry_point",
-                "reference_response", "tags", "source", "source_file", "source_line"]
+                "reference_response", "tags", "source", "source_file", "source_line", "messages"]
 EVAL_COLUMNS = ["eval_id", "category", "prompt", "difficulty", "reference", "tests", "entry_point",
-                "reference_response", "source"]
+                "reference_response", "source", "messages"]
 DIFFICULTIES = {"easy", "medium", "hard"}
 _OPTIONAL_STR = ("reference", "entry_point", "reference_response")
 
@@ -38,12 +42,13 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         reader = csv.DictReader(io.StringIO(text))
         rows = []
         for rec in reader:
-            for k in ("tests", "tags"):
+            for k in ("tests", "tags", "messages", "expected_tool_call"):
                 if rec.get(k):
                     try:
                         rec[k] = json.loads(rec[k])
                     except json.JSONDecodeError:
-                        errors.append(InputError(path, reader.line_num, k, "must be a JSON list in CSV"))
+                        kind = "an object" if k == "expected_tool_call" else "a list"
+                        errors.append(InputError(path, reader.line_num, k, f"must be JSON ({kind}) in CSV"))
             rows.append((reader.line_num, {k: (v if v != "" else None) for k, v in rec.items()}))
         if errors:
             raise InputErrors(errors)
@@ -71,11 +76,56 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def validate_seed_record(path: Path, line: int, rec: dict, max_chars: int) -> list[InputError]:
-    errs = []
+def _messages_errors(path: Path, line: int, msgs, max_chars: int) -> list[InputError]:
+    problem = conv.conversation_problem(msgs, ends_with=("user", "tool"), allow_system=False)
+    if problem == "system_in_seed":
+        return [InputError(path, line, "messages", "a seed conversation has no system turn: the category's "
+                                                    "system_prompt in the task file is used")]
+    if problem is not None:
+        hint = {"seed_must_end_with_user": "it must end with a user turn or tool result (the teacher answers it)",
+                "wrong_roles_or_order": "turns must start with user and alternate user/assistant"}.get(problem, "")
+        return [InputError(path, line, "messages", f"not a valid OpenAI chat list: {problem}"
+                                                    + (f"; {hint}" if hint else ""))]
+    for m in msgs:  # OpenAI-compatible servers refuse a tool result that does not name its call
+        if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
+            return [InputError(path, line, "messages", "a tool turn needs tool_call_id, the id of the call it "
+                                                        "answers")]
+    size = sum(len(conv.message_text(m)) for m in msgs)
+    if size > max_chars:
+        return [InputError(path, line, "messages", f"is {size} characters; the limit is {max_chars} "
+                                                    "(max_seed_chars in the task file)")]
+    return []
+
+
+def _expected_call_errors(path: Path, line: int, rec: dict, category: Category | None) -> list[InputError]:
+    call = rec.get("expected_tool_call")
+    if call is None:
+        return []
+    field = "expected_tool_call"
+    if category is None or not category.tools:
+        return [InputError(path, line, field, "only a category with `tools` can expect a tool call")]
+    if rec.get("reference") is not None:
+        return [InputError(path, line, field, "give either reference or expected_tool_call, not both")]
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not isinstance(call.get("arguments"),
+                                                                                                dict):
+        return [InputError(path, line, field, "must be an object {name: string, arguments: object}")]
+    reason, detail = check_call(call, category.tools_json())
+    if reason is not None:
+        return [InputError(path, line, field, f"{reason}: {detail.get('error') or detail}")]
+    return []
+
+
+def validate_seed_record(path: Path, line: int, rec: dict, max_chars: int,
+                         category: Category | None = None) -> list[InputError]:
+    errs = _expected_call_errors(path, line, rec, category)
     prompt = rec.get("prompt")
-    if "prompt" not in rec:
-        errs.append(InputError(path, line, "prompt", "missing required field"))
+    if rec.get("messages") is not None:
+        if rec.get("prompt") is not None:
+            errs.append(InputError(path, line, "messages", "give either prompt or messages, not both"))
+        else:
+            errs.extend(_messages_errors(path, line, rec["messages"], max_chars))
+    elif "prompt" not in rec:
+        errs.append(InputError(path, line, "prompt", "missing required field (or give `messages`, a conversation)"))
     elif not isinstance(prompt, str):
         errs.append(InputError(path, line, "prompt", f"must be a string, got {type(prompt).__name__}"))
     elif not prompt.strip():
@@ -105,7 +155,7 @@ def load_seed_file(path: str | Path, category: Category, source: str = "seed") -
     records = _records(path)
     errors: list[InputError] = []
     for line, rec in records:
-        errors.extend(validate_seed_record(path, line, rec, category.max_seed_chars))
+        errors.extend(validate_seed_record(path, line, rec, category.max_seed_chars, category))
     if category.verify == "code":
         for line, rec in records:
             if rec.get("tests") and not rec.get("entry_point"):
@@ -116,14 +166,14 @@ def load_seed_file(path: str | Path, category: Category, source: str = "seed") -
         raise InputError(path, None, None, "no seed rows")
     rows = []
     for line, rec in records:
-        prompt = rec["prompt"].strip()
-        ref = rec.get("reference")
+        prompt, messages, key = _prompt_of(rec)
+        ref = _reference_of(rec)
         rows.append({
-            "seed_id": seed_id(category.name, prompt, source),
+            "seed_id": seed_id(category.name, key, source),
             "category": category.name,
             "prompt": prompt,
             "difficulty": rec.get("difficulty") or "medium",
-            "reference": None if ref is None else str(ref),
+            "reference": ref,
             "tests": json.dumps(rec.get("tests") or []),
             "entry_point": rec.get("entry_point"),
             "reference_response": rec.get("reference_response"),
@@ -131,9 +181,27 @@ def load_seed_file(path: str | Path, category: Category, source: str = "seed") -
             "source": source,
             "source_file": str(path),
             "source_line": line,
+            "messages": messages,
         })
     df = pd.DataFrame(rows, columns=SEED_COLUMNS)
     return df.drop_duplicates("seed_id", keep="first").reset_index(drop=True)
+
+
+def _prompt_of(rec: dict) -> tuple[str, str | None, str]:
+    """(prompt, messages JSON or None, the text the id hashes) of a validated record."""
+    if rec.get("messages") is None:
+        p = rec["prompt"].strip()
+        return p, None, p
+    msgs = [{k: v for k, v in m.items()} for m in rec["messages"]]
+    return conv.last_user(msgs).strip(), conv.dumps(msgs), conv.canonical(msgs)
+
+
+def _reference_of(rec: dict) -> str | None:
+    if rec.get("expected_tool_call") is not None:  # the expected call is the gold answer, as canonical JSON
+        c = rec["expected_tool_call"]
+        return json.dumps({"name": c["name"], "arguments": c["arguments"]}, sort_keys=True, ensure_ascii=False)
+    ref = rec.get("reference")
+    return None if ref is None else str(ref)
 
 
 def eval_id(category: str, prompt: str, reference: str | None, source: str) -> str:
@@ -148,7 +216,9 @@ def load_eval_file(path: str | Path, category: Category) -> pd.DataFrame:
     records = _records(path)
     errors: list[InputError] = []
     for line, rec in records:
-        errors.extend(validate_seed_record(path, line, rec, category.max_seed_chars))
+        errors.extend(validate_seed_record(path, line, rec, category.max_seed_chars, category))
+        if category.verify == "tool_call" and rec.get("expected_tool_call") is None:
+            errors.append(InputError(path, line, "expected_tool_call", "tool_call eval items need the expected call"))
         if category.verify == "label" and rec.get("reference") not in (category.labels or []):
             errors.append(InputError(path, line, "reference",
                                      f"must be one of the category's labels {category.labels}, "
@@ -165,11 +235,12 @@ def load_eval_file(path: str | Path, category: Category) -> pd.DataFrame:
     seen: dict[str, int] = {}
     rows = []
     for line, rec in records:
-        prompt = rec["prompt"].strip()
-        ref = None if rec.get("reference") is None else str(rec["reference"])
-        eid = eval_id(category.name, prompt, ref, "eval")
+        prompt, messages, key = _prompt_of(rec)
+        ref = _reference_of(rec)
+        eid = eval_id(category.name, key, ref, "eval")
         if eid in seen:
-            errors.append(InputError(path, line, "prompt", f"repeats the eval item on line {seen[eid]}"))
+            errors.append(InputError(path, line, "messages" if messages else "prompt",
+                                     f"repeats the eval item on line {seen[eid]}"))
             continue
         seen[eid] = line
         rows.append({
@@ -182,6 +253,7 @@ def load_eval_file(path: str | Path, category: Category) -> pd.DataFrame:
             "entry_point": rec.get("entry_point"),
             "reference_response": rec.get("reference_response"),
             "source": "eval",
+            "messages": messages,
         })
     if errors:
         raise InputErrors(errors)

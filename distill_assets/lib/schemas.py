@@ -16,6 +16,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
+from distill_assets.lib.conversation import conversation_problem
+
 METHODS = ["response", "cot", "self_instruct", "evol_instruct", "task_specific"]
 DIFFICULTIES = ["easy", "medium", "hard"]
 EXAMPLE_SOURCES = ["seed", "synthetic", "production"]
@@ -23,7 +25,6 @@ SEED_SOURCES = ["seed", "synthetic", "production"]
 EVAL_SOURCES = ["eval", "production_heldout"]
 VERDICTS = ["kept", "dropped", "quarantined"]
 SPLITS = ["train", "validation"]
-ROLES = {"system", "user", "assistant"}
 
 
 # ---------------------------------------------------------------- element checks
@@ -47,14 +48,17 @@ def _json_of(kind: type | tuple[type, ...], item: Callable[[Any], bool] | None =
 
 
 def _valid_messages(v: Any) -> bool:
-    """A JSON list of {role, content}: system?, user, assistant, in that order, with string contents."""
+    """A JSON chat list: system?, then user/assistant turns (tool calls and tool results allowed), ending with
+    the assistant (lib/conversation.py)."""
     if not _json_of(list)(v):
         return False
-    msgs = json.loads(v)
-    for m in msgs:
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            return False
-    return [m["role"] for m in msgs] in (["system", "user", "assistant"], ["user", "assistant"])
+    return conversation_problem(json.loads(v)) is None
+
+
+def _seed_conversation(v: Any) -> bool:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return True
+    return _json_of(list)(v) and conversation_problem(json.loads(v), ends_with=("user", "tool"), allow_system=False) is None
 
 
 def _integral(s: pd.Series) -> bool:
@@ -119,6 +123,13 @@ def timestamp(nullable: bool = False) -> pa.Column:
 
 # ---------------------------------------------------------------- table schemas
 
+def _optional_conversation() -> pa.Column:
+    # absent in tables written before conversations existed; null for a plain prompt
+    return pa.Column(checks=pa.Check(_seed_conversation, element_wise=True,
+                                     error="must be null or a JSON chat list ending with a user turn"),
+                     nullable=True, required=False)
+
+
 def _seed_columns() -> dict[str, pa.Column]:
     return {
         "seed_id": string(nonempty=True, unique=True),
@@ -133,6 +144,7 @@ def _seed_columns() -> dict[str, pa.Column]:
         "source": string(isin=SEED_SOURCES),
         "source_file": string(nullable=True),
         "source_line": integer(nullable=True, ge=0),
+        "messages": _optional_conversation(),
     }
 
 
@@ -164,6 +176,9 @@ def _raw_columns() -> dict[str, pa.Column]:
         "source": string(isin=EXAMPLE_SOURCES),
         "evol_chain": json_str((list, dict), what="a list or object"),
         "created_at": timestamp(),
+        # every teacher call of a multi-turn row: [{turn, role, call_key}]
+        "turn_calls": pa.Column(checks=pa.Check(_json_of(list), element_wise=True, error="must be a JSON list"),
+                                nullable=True, required=False),
     }
 
 
@@ -195,13 +210,16 @@ def _clean_columns() -> dict[str, pa.Column]:
         "example_id": string(nonempty=True, unique=True),
         "category": string(nonempty=True),
         "messages": pa.Column(checks=pa.Check(_valid_messages, element_wise=True,
-                                              error="must be a JSON list of system?/user/assistant {role, content}")),
+                                              error="must be a JSON chat list: system?, user/assistant turns, "
+                                                    "ending with the assistant")),
         "split": string(isin=SPLITS),
         "seed_id": string(nullable=True),
         "method": string(isin=METHODS),
         "difficulty": string(isin=DIFFICULTIES),
         "source": string(isin=EXAMPLE_SOURCES),
         "generation_id": string(nonempty=True),
+        "tools": pa.Column(checks=pa.Check(_json_of(list), element_wise=True, error="must be a JSON list"),
+                           nullable=True, required=False),
     }
 
 
@@ -216,6 +234,7 @@ def _eval_columns() -> dict[str, pa.Column]:
         "entry_point": string(nullable=True),
         "reference_response": string(nullable=True),
         "source": string(isin=EVAL_SOURCES),
+        "messages": _optional_conversation(),
     }
 
 

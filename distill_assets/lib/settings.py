@@ -29,6 +29,11 @@ class Settings:
         return self.home / "reports"
 
     @property
+    def dataset_export(self) -> Path:
+        """Where `dataset_export` writes the Hugging Face dataset folder (distill export dataset DIR elsewhere)."""
+        return self.home / "exports" / "dataset"
+
+    @property
     def journal_dir(self) -> Path:
         return self.home / "journal"
 
@@ -74,7 +79,7 @@ def llm_env(prefix: str, fallback: str | None = None) -> dict[str, tuple[str, st
     `<FALLBACK>_*` (the judge inherits the teacher's settings)."""
     suffixes = ("BASE_URL", "MODEL", "API_KEY", "MAX_CONCURRENCY", "BACKEND", "PRICE_PROMPT_PER_1M",
                 "PRICE_COMPLETION_PER_1M", "MAX_BUDGET_USD", "MAX_TOTAL_TOKENS", "TIMEOUT_S", "MAX_RETRIES",
-                "STRUCTURED_OUTPUT", "MODE", "BATCH_DISCOUNT", "BUDGET_SCOPE")
+                "STRUCTURED_OUTPUT", "MODE", "BATCH_DISCOUNT", "BUDGET_SCOPE", "TOOL_CALLS")
     out: dict[str, tuple[str, str]] = {}
     for suffix in suffixes:
         for p in (prefix, fallback):

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill_assets.lib.errors import InputError, InputErrors
 from distill_assets.lib.settings import get_settings
 
-VerifyKind = Literal["none", "math", "code", "label"]
+VerifyKind = Literal["none", "math", "code", "label", "tool_call"]
 Complexity = Literal["simple", "moderate", "complex"]
 
 
@@ -88,7 +90,8 @@ class Filters(_Strict):
     judge_max_tokens: int = Field(default=160, ge=8, description="judge answer budget (JSON scores + rationale)")
     judge_max_chars: int = Field(default=6000, ge=200, description="instruction/response chars shown to the judge")
     judge_enabled: bool = Field(
-        default=True, description="off: rows pass the judge untouched (e.g. labels checked against a gold answer)")
+        default=True, description="off: rows pass the judge untouched, for answers verification checks exactly "
+                                   "(labels against a gold answer, tool calls against the expected call)")
     self_consistency_min_agree: float = Field(
         default=0.5, ge=0, lt=1,
         description="rows without a reference pass when more than this share of the samples agree with them")
@@ -111,6 +114,31 @@ class Filters(_Strict):
             r"\bAs an AI(?: language model)?,? I\b",
         ]
     )
+
+
+class FunctionSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}},
+                             description="JSON schema of the arguments object")
+
+    @field_validator("parameters")
+    @classmethod
+    def _is_schema(cls, v):
+        try:
+            Draft202012Validator.check_schema(v)
+        except SchemaError as e:
+            raise ValueError(f"not a valid JSON schema: {e.message}") from None
+        if v.get("type") != "object":
+            raise ValueError("the arguments schema must have type: object")
+        return v
+
+
+class ToolSpec(_Strict):
+    """One OpenAI-style function the teacher may call (`tools` of a category)."""
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
 
 
 class StageLossBand(_Strict):
@@ -179,6 +207,10 @@ class Category(_Strict):
     label_order: Literal["fixed", "rotate"] = Field(
         default="fixed", description="rotate: the teacher's prompt lists the labels in a per-message rotated order, "
                                      "so a weak teacher's preference for the first-listed label is spread evenly")
+    tools: list[ToolSpec] | None = Field(default=None, description="functions the teacher may call (OpenAI form)")
+    conversation_turns: int = Field(
+        default=1, ge=1, le=8, description="assistant turns per generated conversation: after each teacher answer "
+                                           "the teacher, playing the user, writes the next user turn")
     complexity: Complexity = "moderate"
     filters: Filters = Field(default_factory=Filters)
     yield_band: tuple[float, float] = (0.25, 0.50)
@@ -212,12 +244,23 @@ class Category(_Strict):
             raise ValueError("verify: label needs a non-empty 'labels' list")
         if not self.methods.enabled():
             raise ValueError("at least one generation method must be enabled")
+        if self.verify == "tool_call" and not self.tools:
+            raise ValueError("verify: tool_call needs a non-empty 'tools' list")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tool function names must be unique; got {names}")
         return self
+
+    def tools_json(self) -> list[dict] | None:
+        """The tools as sent to the teacher and stored with the dataset (plain dicts, OpenAI form)."""
+        return [t.model_dump() for t in self.tools] if self.tools else None
 
 
 class TaskFile(_Strict):
     version: int = 1
     name: str = "distill"
+    license: str = Field(default="other", description="license of the generated dataset, for its card "
+                                                      "(an SPDX id or a Hugging Face license name)")
     categories: list[Category]
     path: Path | None = Field(default=None, exclude=True)
 

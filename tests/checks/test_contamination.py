@@ -85,7 +85,7 @@ def test_paraphrase_is_caught_only_by_the_embedding_rule(embedder):
 
 
 def test_demo_seeds_are_not_contaminated(embedder):
-    for name in ["support", "math", "code", "classify"]:
+    for name in ["support", "math", "code", "classify", "order_tools"]:
         c = category(name)
         r = contamination_check_result(seed_texts(seeds(name)), eval_frame(name), c.contamination, embedder.encode,
                                        subject="seed prompts", shared=category_shared_text(c))

@@ -16,6 +16,7 @@ COMMANDS = [
     [], ["quickstart"], ["ui"], ["materialize"], ["backfill"], ["lineage"], ["lineage", "why"], ["lineage", "from"],
     ["failures"], ["failures", "add"], ["failures", "list"], ["report"], ["report", "open"], ["sql"],
     ["batch"], ["batch", "export-requests"], ["batch", "import-results"],
+    ["export"], ["export", "dataset"],
 ]
 
 
@@ -251,3 +252,23 @@ def test_quickstart_runner_orders_stages_times_them_and_fails_clearly():
     assert qs.resolve_selection(defs, "group:training") == [dg.AssetKey("toy_train")]
     with pytest.raises(LookupError, match="unknown asset"):
         qs.resolve_selection(defs, "toy_seeds,nope")
+
+
+def test_export_dataset(tmp_path):
+    from distill_assets.lib.ledger import open_store
+
+    home = tmp_path / "home"
+    proc = _distill(["export", "dataset", str(tmp_path / "out"), "--ngrams-only"], home)
+    assert proc.returncode == 1 and "materialize it first" in _one_line_error(proc)
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Where is my parcel?"},
+            {"role": "assistant", "content": "It left the warehouse this morning."}]
+    rows = [{"example_id": f"e{i}", "category": "support", "messages": json.dumps(msgs), "split": "train",
+             "seed_id": "s", "method": "response", "difficulty": "easy", "source": "seed", "generation_id": f"e{i}"}
+            for i in range(3)]
+    import pandas as pd
+
+    open_store(str(home / "distill.duckdb")).insert_df("clean_dataset", pd.DataFrame(rows))
+    proc = _distill(["export", "dataset", str(tmp_path / "out"), "--ngrams-only"], home)
+    assert proc.returncode == 0, proc.stderr
+    assert "support: 3 train, 0 validation" in proc.stdout and "math: no rows" in proc.stdout
+    assert (tmp_path / "out" / "README.md").read_text().startswith("---\nlicense: other")

@@ -30,7 +30,7 @@ def _snapshot(store, table):
 
 def test_backfill_of_two_categories_leaves_the_others_untouched(db_path, store):
     cats = load_tasks().names
-    assert len(cats) == 4
+    assert len(cats) >= 4
     _materialize(db_path, cats)
     before_seeds, before_eval = _snapshot(store, "seed_prompts"), _snapshot(store, "eval_set")
     recs = [{"category": c, "input": f"{c}: production question {i}?", "bad_output": "bad"}

@@ -1,5 +1,9 @@
 """A local OpenAI-compatible chat-completions server over real HTTP, for tests and benchmarks only.
 
+A request with `tools` is answered with one `tool_calls` entry (content null, finish_reason "tool_calls"), made by
+`tool_responder`: by default the function whose name words appear most in the last user turn, with arguments
+filled from its parameters schema and the user's words (enum values, pattern matches, numbers).
+
 It injects the faults a real deployment shows: 429 with Retry-After, 500/503, hangs past the client timeout,
 connection resets, malformed JSON and empty content. It counts requests per request body, so tests can prove
 that nothing is asked twice. Plain asyncio (no framework) so it can sustain hundreds of requests/s on 2 cores.
@@ -11,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -28,6 +33,38 @@ def default_responder(body: dict) -> str:
             "Therefore, the answer is: 42")
 
 
+def _user_text(body: dict) -> str:
+    return next((m.get("content") or "" for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+
+
+def _value(name: str, spec: dict, text: str):
+    if "enum" in spec:
+        return next((v for v in spec["enum"] if str(v).lower() in text.lower()), spec["enum"][0])
+    kind = spec.get("type")
+    if kind in ("integer", "number"):
+        m = re.search(r"\b\d+(?:\.\d+)?\b", text)
+        return (int(float(m.group(0))) if kind == "integer" else float(m.group(0))) if m else 1
+    if kind == "boolean":
+        return False
+    # the pattern's match in the text, else an id-like token (A-1234), else a placeholder
+    m = re.search(spec["pattern"].strip("^$"), text) if spec.get("pattern") else None
+    m = m or re.search(r"\b[A-Z]{1,4}-?\d{3,}\b", text)
+    return m.group(0) if m else f"{name} from the request"
+
+
+def default_tool_responder(body: dict) -> list[dict]:
+    text = _user_text(body)
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    fns = [t["function"] for t in body["tools"]]
+    fn = max(fns, key=lambda f: sum(w in words for w in f["name"].lower().split("_")))  # first on a tie
+    props = (fn.get("parameters") or {}).get("properties", {})
+    required = (fn.get("parameters") or {}).get("required") or list(props)
+    args = {k: _value(k, props[k], text) for k in required if k in props}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+    return [{"id": f"call_{digest}", "type": "function",
+             "function": {"name": fn["name"], "arguments": json.dumps(args)}}]
+
+
 @dataclass
 class FakeOpenAIServer:
     latency_s: float = 0.0
@@ -38,6 +75,7 @@ class FakeOpenAIServer:
     responder: Callable[[dict], str] = default_responder
     # (body, content) -> choices[0].logprobs, sent when the body asks `logprobs: true`; None = never sent
     logprober: Callable[[dict, str], dict] | None = None
+    tool_responder: Callable[[dict], list[dict] | None] = default_tool_responder  # None: answer in text
     seed: int = 0
     model: str = "fake-teacher"
     host: str = "127.0.0.1"
@@ -180,16 +218,20 @@ class FakeOpenAIServer:
         elif fault == "malformed":
             self._send(writer, 200, b'{"id": "x", "choices": [{"message": {"content": "trunc')
         else:
-            content = "" if fault == "empty" else self.responder(body)
-            if content:
+            calls = self.tool_responder(body) if body.get("tools") and fault != "empty" else None
+            content = "" if fault == "empty" or calls else self.responder(body)
+            if content or calls:
                 with self._lock:
                     self.answered[key] += 1
             pt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+            message = {"role": "assistant", "content": content}
+            if calls:
+                message = {"role": "assistant", "content": None, "tool_calls": calls}
+                content = json.dumps(calls)  # for the token count
             resp = {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", self.model),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
                 "usage": {"prompt_tokens": pt, "completion_tokens": len(content.split()),
                           "total_tokens": pt + len(content.split())},
             }

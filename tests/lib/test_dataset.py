@@ -44,7 +44,7 @@ def test_clean_frame_columns_and_template(tok):
     df = pd.concat([df, bad.to_frame().T], ignore_index=True)
     ann, out = clean_frame(df, load_tasks().category("support"), tokenizer=tok)
     assert list(out.columns) == ["example_id", "category", "messages", "split", "seed_id", "method",
-                                 "difficulty", "source", "generation_id"]
+                                 "difficulty", "source", "generation_id", "tools"]
     assert "bad" not in set(out["example_id"]) and len(out) == 12
     assert ann.set_index("example_id").loc["bad", "verdict"] == "quarantined"
     m = json.loads(out["messages"].iloc[0])

@@ -20,6 +20,8 @@ from concurrent.futures.process import BrokenProcessPool
 import pandas as pd
 import psutil
 
+from distill_assets.lib.chat_template import render
+from distill_assets.lib.conversation import message_text
 from distill_assets.lib.evaluation.metrics import TEACHER
 from resources.llm import ChatRequest
 
@@ -101,10 +103,12 @@ def generate_teacher(complete: Callable, items: list[dict], max_new_tokens: int)
         by_cat.setdefault(it["category"], []).append(it)
     for cat, its in sorted(by_cat.items()):
         reqs = [ChatRequest(messages=it["messages"], temperature=0.0, max_tokens=budget(it, max_new_tokens),
-                            sample_index=0, tag=it["example_id"]) for it in its]
+                            sample_index=0, tools=it.get("tools"), tag=it["example_id"]) for it in its]
         for it, res in zip(its, complete(reqs, cat)):
+            # tool calls as their text lines: the form the students write and the scorer reads
+            text = message_text({"content": res.content, "tool_calls": res.tool_calls}) if res.ok else None
             rows.append({"example_id": it["example_id"], "variant": TEACHER, "category": cat,
-                         "response": res.content if res.ok else None, "latency_s": float(res.latency_s or 0) or None,
+                         "response": text, "latency_s": float(res.latency_s or 0) or None,
                          "prompt_tokens": int(res.prompt_tokens or 0), "completion_tokens": int(res.completion_tokens or 0),
                          "finish_reason": res.finish_reason, "error": None if res.ok else f"{res.status}: {res.error}"})
     return pd.DataFrame(rows, columns=GEN_COLUMNS)
@@ -144,8 +148,7 @@ def generate_hf(model_dir: str, items: list[dict], variant: str, max_new_tokens:
                     "finish_reason": None, "error": f"{type(e).__name__}: {e}"[:300]}
 
         def run_batch(batch: list[dict]) -> list[dict]:
-            texts = [tok.apply_chat_template(it["messages"], add_generation_prompt=True, tokenize=False)
-                     for it in batch]
+            texts = [render(tok, it["messages"], it.get("tools"), add_generation_prompt=True) for it in batch]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             width = int(enc["input_ids"].shape[1])
             t = time.perf_counter()
@@ -193,8 +196,8 @@ def _gguf_worker(path: str, items: list[dict], variant: str, max_new_tokens: int
     for it in items:
         try:
             t = time.perf_counter()
-            out = llm.create_chat_completion(messages=it["messages"], temperature=0.0, top_k=1, top_p=1.0,
-                                             max_tokens=budget(it, max_new_tokens), seed=0)
+            out = llm.create_chat_completion(messages=it.get("student_messages", it["messages"]), temperature=0.0,
+                                             top_k=1, top_p=1.0, max_tokens=budget(it, max_new_tokens), seed=0)
             latency = time.perf_counter() - t
             choice = out["choices"][0]
             usage = out.get("usage") or {}
@@ -235,7 +238,7 @@ def generate_awq(path: str, items: list[dict], variant: str, max_new_tokens: int
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, seed=0)
         for it in items:
             t = time.perf_counter()
-            gen = llm.chat([it["messages"]], params, use_tqdm=False)[0]
+            gen = llm.chat([it.get("student_messages", it["messages"])], params, use_tqdm=False)[0]
             latency = time.perf_counter() - t
             comp = gen.outputs[0]
             rows.append({"example_id": it["example_id"], "variant": variant, "category": it["category"],

@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib.conversation import parse_tool_call_text
 from distill_assets.lib.evaluation.signal import OK as SIGNAL_OK
 from distill_assets.lib.evaluation.signal import has_signal, judge_signal
 from distill_assets.lib.verification.code import extract_code as _extract_code
 from distill_assets.lib.verification.labels import labels_match, parse_label
 from distill_assets.lib.verification.math import answers_match, extract_final_answer
 from distill_assets.lib.verification.sandbox import run_code_tests
+from distill_assets.lib.verification.tools import expected_call, verify_calls
 
 TEACHER = "teacher"
 BASE = "base_student"
@@ -31,7 +33,8 @@ OVERALL = "__all__"
 # task_status values
 PASS, FAIL, UNPARSED, INFRA_ERROR, SCORED, NO_RESPONSE = "pass", "fail", "unparsed", "infra_error", "scored", "no_response"
 
-METRIC_BY_VERIFY = {"label": "accuracy", "math": "exact_match", "code": "pass@1", "none": "rouge_l"}
+METRIC_BY_VERIFY = {"label": "accuracy", "math": "exact_match", "code": "pass@1", "none": "rouge_l",
+                    "tool_call": "tool_call_accuracy"}
 
 # Typical transfer bands by task complexity (display only; the gate uses each category's eval_target_transfer).
 TRANSFER_BANDS = {"simple": (0.95, None), "moderate": (0.85, 0.95), "complex": (0.75, 0.90)}
@@ -112,10 +115,12 @@ def score_response(verify: str, response: str | None, *, reference: str | None =
                    entry_point: str | None = None, reference_response: str | None = None,
                    labels: list[str] | None = None, fallback_reference: str | None = None,
                    code_timeout_s: float = 5.0, code_memory_mb: int = 512,
-                   run_tests: Callable | None = None) -> dict:
+                   run_tests: Callable | None = None, tools: list[dict] | None = None) -> dict:
     """Score one response: {'metric', 'score', 'task_status', 'detail' (dict)}.
 
     verify: label -> accuracy, math -> exact match of the final answer, code -> pass@1 in the sandbox,
+    tool_call -> the call(s) in the response's plain-text tool-call lines (lib/conversation.py) must be valid
+    for `tools` and match the expected call in `reference` (lib/verification/tools.py), as verification checks;
     none -> ROUGE-L against the reference response (or `fallback_reference`, the teacher's, when the
     eval set has none).
     """
@@ -124,7 +129,8 @@ def score_response(verify: str, response: str | None, *, reference: str | None =
     entry_point = _text(entry_point)
     if response is None or not response.strip():
         return {"metric": metric, "score": 0.0, "task_status": NO_RESPONSE, "detail": {"reason": "empty response"}}
-    if (verify in ("label", "math") and not reference) or (verify == "code" and not _tests_list(tests)):
+    if (verify in ("label", "math") and not reference) or (verify == "code" and not _tests_list(tests)) or \
+            (verify == "tool_call" and expected_call(reference) is None):
         # e.g. a held-out production failure: no gold answer or tests, only the expected response
         verify, metric = "none", METRIC_BY_VERIFY["none"]
     if verify == "label":
@@ -142,6 +148,12 @@ def score_response(verify: str, response: str | None, *, reference: str | None =
                     "detail": {"reason": "no final answer found", "expected": reference}}
         return {"metric": metric, "score": float(correct), "task_status": PASS if correct else FAIL,
                 "detail": {"predicted": answer, "expected": reference}}
+    if verify == "tool_call":
+        calls = parse_tool_call_text(response)
+        v = verify_calls(calls, tools, expected_call(reference))
+        status = PASS if v.status == "pass" else (UNPARSED if not calls else FAIL)
+        return {"metric": metric, "score": float(v.status == "pass"), "task_status": status,
+                "detail": {"reason": v.reason, **v.detail}}
     if verify == "code":
         code = extract_code(response, entry_point)
         if not code:
@@ -185,7 +197,8 @@ def score_generations(eval_df: pd.DataFrame, generations: pd.DataFrame, categori
         t_resp = _text(teacher_resp.get(g.example_id)) if g.example_id in teacher_resp.index else None
         s = score_response(cat.verify, g.response, reference=e.get("reference"), tests=e.get("tests"),
                            entry_point=e.get("entry_point"), reference_response=e.get("reference_response"),
-                           labels=cat.labels, fallback_reference=t_resp, **score_kwargs)
+                           labels=cat.labels, fallback_reference=t_resp,
+                           tools=cat.tools_json() if getattr(cat, "tools", None) else None, **score_kwargs)
         ref_text = t_resp or _text(e.get("reference_response")) or ""
         rows.append({
             "example_id": g.example_id, "variant": g.variant, "category": e["category"],

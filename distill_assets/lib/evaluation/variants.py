@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
 from distill_assets.lib.evaluation.generate import (
     GEN_COLUMNS,
     generate_awq,
@@ -44,14 +45,18 @@ class VariantSpec:
 
 
 def build_items(eval_df: pd.DataFrame, categories: dict[str, Any]) -> list[dict]:
-    """One chat per eval example: the category's system prompt and the eval prompt."""
+    """One chat per eval example: the category's system prompt and the eval prompt (or conversation), with the
+    category's tools. `student_messages` is the plain-text tool form (lib/conversation.py) the exports are asked
+    in; the transformers variants render with their own template (lib/chat_template.py), as in training."""
     items = []
     for r in eval_df.itertuples(index=False):
         cat = categories[r.category]
         messages = ([{"role": "system", "content": cat.system_prompt}] if cat.system_prompt else [])
-        messages.append({"role": "user", "content": r.prompt})
-        items.append({"example_id": r.eval_id, "category": r.category, "messages": messages,
-                      "max_new_tokens": cat.max_tokens})
+        messages += conv.loads(getattr(r, "messages", None)) or [{"role": "user", "content": r.prompt}]
+        tools = cat.tools_json() if getattr(cat, "tools", None) else None
+        items.append({"example_id": r.eval_id, "category": r.category, "messages": messages, "tools": tools,
+                      "max_new_tokens": cat.max_tokens,
+                      "student_messages": conv.plain_text_messages(messages, tools) if tools else messages})
     return items
 
 

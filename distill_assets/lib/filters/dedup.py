@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from distill_assets.lib.contamination import training_texts
 from distill_assets.lib.filters.near_dup import GreedyResult, greedy_near_dup
 from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category
@@ -193,11 +194,19 @@ def index_rows(out: pd.DataFrame, category: str, model: str, is_long: np.ndarray
 def deduplicate(df: pd.DataFrame, category: Category, store: DuckDBStore, embedder: EmbedderResource,
                 run_id: str = "", tokenizer=None, block: int = 512) -> tuple[pd.DataFrame, dict]:
     """Deduplicate one partition against itself and the kept rows of every other partition; updates
-    `dedup_index`. Returns the annotated frame and summary stats."""
+    `dedup_index`. Returns the annotated frame and summary stats. A conversation is compared by its whole text
+    (every user turn as the instruction, the whole transcript as the response: contamination.training_texts),
+    as the clean_dataset check does."""
     df = global_order(df).reset_index(drop=True)
     n = len(df)
+    own = df[["instruction", "response"]].copy() if n else None
+    if n:
+        texts = training_texts(df)
+        df = df.assign(instruction=texts["instruction"].to_numpy(), response=texts["dedup_text"].to_numpy())
     ntok = count_tokens(df["response"].astype(str).tolist(), tokenizer) if n else np.zeros(0, dtype=np.int64)
     is_long = ntok >= category.filters.near_dup_min_tokens
+    if n:  # a tool call is compared like a label: by the user turns, among rows making the same call
+        is_long &= ~texts["short_answer"].to_numpy(dtype=bool)
     model = embedder.model_name
     # encode outside the store lock (slow); vectors land in `embeddings` and are never recomputed
     rv = np.zeros((n, 0), dtype=np.float32)
@@ -228,6 +237,8 @@ def deduplicate(df: pd.DataFrame, category: Category, store: DuckDBStore, embedd
         if n:
             insert_df(conn, "dedup_index", index_rows(out, category.name, model, is_long, run_id),
                       on_conflict="replace")
+    if n:  # the rows keep their own last-turn instruction and response
+        out["instruction"], out["response"] = own["instruction"].to_numpy(), own["response"].to_numpy()
     stats = {"rows": n, "prior_kept_other_partitions": int(len(prior.entries)),
              "long_responses": int(is_long.sum()) if n else 0}
     if n:

@@ -71,13 +71,14 @@ def find_duplicates(df: pd.DataFrame, category: Category, encode: Encode,
     tokens are compared with each other; shorter ones (labels, bare numbers) are duplicates only when their
     normalized responses are equal and their instructions are near-identical, since two rows answering
     "billing" to different messages are not duplicates."""
-    texts = training_texts(df)
+    # a conversation by its whole text, as the stage compares it (contamination.training_texts)
+    texts = training_texts(df).pipe(lambda t: t.assign(response=t["dedup_text"]))
     exact = exact_duplicates(texts)
     if len(texts) < 2:
         return exact, len(exact), 0
     keys = exact_hashes(texts["instruction"], texts["response"])
     ntok = count_tokens(texts["response"].astype(str).tolist())
-    is_long = ntok >= category.filters.near_dup_min_tokens
+    is_long = (ntok >= category.filters.near_dup_min_tokens) & ~texts["short_answer"].to_numpy(dtype=bool)
     ids = np.asarray(texts["example_id"].tolist(), dtype=object)
     thr = category.filters.near_dup_threshold
     n_near, pairs = 0, []

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
 from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category
 from resources.llm import ChatRequest, ChatResult
@@ -236,12 +237,28 @@ def _rationale_from(raw: str) -> str:
 
 
 # the stage ---------------------------------------------------------------------------------------------------
+def _instruction_shown(row: dict, cat: Category, limit: int) -> str:
+    """The instruction as the judge reads it: for a conversation, every earlier turn (most recent kept when
+    it is long) and then the last user turn, so only the final assistant turn is rated, in its context."""
+    msgs = conv.loads(row.get("messages"))
+    last = str(row.get("instruction") or "")
+    tools = f"Functions the assistant may call:\n{conv.tools_brief(cat.tools_json())}\n" if cat.tools else ""
+    if not msgs or conv.is_plain_pair(msgs):
+        return (tools[:max(0, limit - len(last))] + last)[:limit]  # the request is never the part cut
+    turns = [m for m in msgs[:-1] if m.get("role") != "system"]
+    # the turns before the final answer; the last of them is the request it answers
+    earlier = conv.transcript(turns[:-1], limit=max(0, limit - len(last) - len(tools) - 40))
+    final = conv.message_text(turns[-1]) if turns else last
+    return f"{tools}Conversation so far:\n{earlier}\nFinal request: {final}"[-limit:] if earlier else \
+        f"{tools}{final}"[:limit]
+
+
 def judge_messages(row: dict, cat: Category) -> list[dict]:
     limit = cat.filters.judge_max_chars
     ref = row.get("reference")
     ref_line = f"Reference answer: {ref}" if isinstance(ref, str) and ref.strip() else ""
     prompt = JUDGE_TEMPLATE.format(description=cat.description, reference=ref_line,
-                                   instruction=str(row.get("instruction") or "")[:limit],
+                                   instruction=_instruction_shown(row, cat, limit),
                                    response=str(row.get("response") or "")[:limit])
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
 

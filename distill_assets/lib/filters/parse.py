@@ -4,9 +4,12 @@ import json
 import math
 from typing import Any
 
+from distill_assets.lib.conversation import conversation_problem, last_user, message_text
+
 
 def parse_record(messages: Any, response: Any, has_response_col: bool) -> tuple[str | None, str, str, str]:
-    """(problem or None, system, user, assistant) of one raw row's `messages` JSON."""
+    """(problem or None, system, user, assistant) of one raw row's `messages` JSON: the last user turn and the
+    last assistant turn's text (tool calls as their text lines) for a multi-turn conversation."""
     if messages is None or (isinstance(messages, float) and math.isnan(messages)):
         return "missing_messages", "", "", ""
     if isinstance(messages, str):
@@ -20,14 +23,11 @@ def parse_record(messages: Any, response: Any, has_response_col: bool) -> tuple[
         return "messages_not_a_list", "", "", ""
     if not all(isinstance(m, dict) for m in msgs):
         return "message_not_an_object", "", "", ""
-    roles = [m.get("role") for m in msgs]
-    if roles not in (["system", "user", "assistant"], ["user", "assistant"]):
-        return "wrong_roles_or_order", "", "", ""
-    for m in msgs:
-        if not isinstance(m.get("content"), str):
-            return "non_string_content", "", "", ""
-    system = msgs[0]["content"] if roles[0] == "system" else ""
-    user, assistant = msgs[-2]["content"], msgs[-1]["content"]
+    problem = conversation_problem(msgs)
+    if problem is not None:
+        return problem, "", "", ""
+    system = msgs[0]["content"] if msgs[0].get("role") == "system" else ""
+    user, assistant = last_user(msgs), message_text(msgs[-1])
     if has_response_col:
         if response is None or (isinstance(response, float) and math.isnan(response)):
             return "missing_response", system, user, assistant

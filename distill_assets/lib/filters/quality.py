@@ -53,6 +53,7 @@ from distill_assets.lib.filters.byte_kernels import (
 from distill_assets.lib.filters.language import detect_languages, language_sample, prescreen_counts, prescreen_decision
 from distill_assets.lib.filters.parse import _parse_rows
 from distill_assets.lib.filters.regex_literals import refusal_literals
+from distill_assets.lib.filters.turns import every_turn
 from distill_assets.lib.settings import filter_threads
 from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category, Filters
@@ -340,6 +341,7 @@ def _language_rule(texts, feats, open_, evidence, filters, target, detector, clo
 
 
 def quality_filter(df: pd.DataFrame, category: Category, tokenizer=None, detector=None) -> pd.DataFrame:
-    """The annotated stage frame: every input row with its verdict."""
-    v = quality_verdicts(df, category.filters, tokenizer, detector)
+    """The annotated stage frame: every input row with its verdict; a conversation's every assistant turn is
+    checked, and the first failing turn decides (lib/filters/turns.py)."""
+    v = every_turn(df, lambda frame: quality_verdicts(frame, category.filters, tokenizer, detector))
     return annotate(df, v["keep"], v["reason"], v["evidence"], v["quarantined"])

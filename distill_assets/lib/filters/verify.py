@@ -2,7 +2,9 @@
 
 Per the category's `verify` kind: math answers against the seed's reference (or a self-consistency majority
 over the samples of the same problem when there is none), labels against the reference, code by running the
-row's tests in the sandbox. Four states in `verification_status`: pass, fail, unverifiable, infra_error.
+row's tests in the sandbox, tool calls against the category's function schemas and the seed's expected call
+(lib/verification/tools.py: every assistant turn's calls must be valid; the last turn's must match the expected
+one). Four states in `verification_status`: pass, fail, unverifiable, infra_error.
 An infra_error (the sandbox could not run) is never a pass or a fail: the row is quarantined with reason
 `verify_infra_error`, so a rerun once the sandbox works can still use it.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
 from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category
 from distill_assets.lib.verification.code import extract_code
@@ -27,6 +30,7 @@ from distill_assets.lib.verification.math import (
     vote,
 )
 from distill_assets.lib.verification.sandbox import SandboxResult, SandboxUnavailable, run_code_tests
+from distill_assets.lib.verification.tools import expected_call, message_calls, verify_calls
 
 PASS, FAIL, UNVERIFIABLE, INFRA = "pass", "fail", "unverifiable", "infra_error"
 
@@ -166,6 +170,24 @@ def _code(rows: list[dict], cat: Category, sandbox) -> list[RowVerdict]:
         return list(pool.map(one, rows))
 
 
+def _tool_one(r: dict, tools: list[dict] | None) -> RowVerdict:
+    msgs = conv.loads(r.get("messages")) or []
+    turns = [(i, m) for i, m in enumerate(msgs) if m.get("role") == "assistant"]
+    if not turns:
+        return RowVerdict(FAIL, "tool_call_missing", None, {"mode": "tool_call", "error": "no assistant turn"})
+    # earlier turns: any call they make must be valid; the last turn is also held to the expected call
+    for k, (i, m) in enumerate(turns[:-1], start=1):
+        v = verify_calls(message_calls(m), tools, None)
+        if v.status == "fail":
+            return RowVerdict(FAIL, v.reason, None, {"mode": "tool_call", "turn": i, "assistant_turn": k, **v.detail})
+    i, last = turns[-1]
+    expected = expected_call(r.get("reference"))
+    v = verify_calls(message_calls(last), tools, expected)
+    answer = json.dumps(v.detail.get("calls"), ensure_ascii=False) if v.status == PASS else None
+    return RowVerdict(v.status, v.reason, answer, {"mode": "tool_call", "turn": i, "assistant_turn": len(turns),
+                                                    "expected": expected, **v.detail})
+
+
 def keep_unverifiable(cat: Category) -> bool:
     """Whether rows the verifier cannot check are trained on: never untested code, unless the task says so."""
     flag = cat.filters.keep_unverifiable
@@ -181,6 +203,8 @@ def verify_rows(df: pd.DataFrame, cat: Category, sandbox=run_code_tests) -> list
         return _label(rows, list(cat.labels or []), min_agree)
     if cat.verify == "code":
         return _code(rows, cat, sandbox)
+    if cat.verify == "tool_call":
+        return [_tool_one(r, cat.tools_json()) for r in rows]
     return [RowVerdict(UNVERIFIABLE, "not_verifiable_task", None, {"mode": "none"}) for _ in rows]
 
 

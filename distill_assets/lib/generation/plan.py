@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
 from distill_assets.lib.generation.prompts import (
     EVOL_OPERATIONS,
     answer_messages,
@@ -21,9 +22,11 @@ from distill_assets.lib.generation.prompts import (
     label_schema,
     parse_evolved,
     parse_instruction_list,
+    parse_user_turn,
     self_instruct_messages,
     task_specific_messages,
     training_messages,
+    user_turn_messages,
 )
 from distill_assets.lib.ids import content_hash, seed_id
 from distill_assets.lib.tasks import Category
@@ -34,14 +37,14 @@ GENERATION_COLUMNS = [
     "generation_id", "example_id", "seed_id", "parent_ids", "category", "method", "messages", "system_prompt",
     "instruction", "response", "teacher_model", "params", "call_key", "sample_index", "prompt_tokens",
     "completion_tokens", "latency_s", "finish_reason", "difficulty", "reference", "tests", "entry_point",
-    "source", "evol_chain", "sample_answers", "created_at",
+    "source", "evol_chain", "sample_answers", "created_at", "turn_calls",
 ]
 
 
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
 class Step:
-    kind: str  # answer | write_instructions | evolve | synthesize
+    kind: str  # answer | write_instructions | evolve | synthesize | user_turn
     method: str
     seed: dict  # seed row (seed_id, difficulty, reference, tests, entry_point, prompt, source)
     request: ChatRequest
@@ -50,21 +53,28 @@ class Step:
     evol_chain: list[dict] = field(default_factory=list)
     round: int = 0
     n: int = 0
+    turns: list[dict] = field(default_factory=list)  # the conversation so far, without the system prompt
+    turn_calls: list[dict] = field(default_factory=list)  # the teacher calls that made it: turn, role, tokens
+    partial: dict | None = None  # the row of the conversation as it stood, kept if this step gets no answer
 
 
 def _take(seeds: list[dict], count: int | None) -> list[dict]:
     return seeds if count is None else seeds[:count]
 
 
+def _answer_request(category: Category, turns: list[dict], method: str, sample_index: int) -> ChatRequest:
+    # only answers are trained on, so only they carry logprobs
+    return ChatRequest(answer_messages(category, turns, method), category.temperature, category.max_tokens,
+                       sample_index=sample_index, tools=category.tools_json(), json_schema=label_schema(category),
+                       schema_name="label", top_logprobs=category.generation.logprobs or None)
+
+
 def _answer_steps(category: Category, method: str, seed: dict, instruction: str, parent_ids: list[str],
                   evol_chain: list[dict] | None = None) -> list[Step]:
-    msgs = answer_messages(category, instruction, method)
-    schema = label_schema(category)
-    # only answers are trained on, so only they carry logprobs
-    return [Step("answer", method, seed,
-                 ChatRequest(msgs, category.temperature, category.max_tokens, sample_index=k, json_schema=schema,
-                             schema_name="label", top_logprobs=category.generation.logprobs or None),
-                 instruction=instruction, parent_ids=parent_ids, evol_chain=evol_chain or [])
+    msgs = conv.loads(seed.get("messages")) if seed.get("prompt") == instruction else None
+    turns = msgs or [{"role": "user", "content": instruction}]
+    return [Step("answer", method, seed, _answer_request(category, turns, method, k),
+                 instruction=instruction, parent_ids=parent_ids, evol_chain=evol_chain or [], turns=turns)
             for k in range(category.samples_per_prompt)]
 
 
@@ -178,25 +188,71 @@ def next_steps(category: Category, step: Step, result: ChatResult) -> list[Step]
     return []
 
 
-def generation_row(category: Category, step: Step, result: ChatResult) -> dict:
-    response = answer_text(result.content, step.request.json_schema)
+def assistant_message(result: ChatResult, schema: dict | None = None) -> dict:
+    """The teacher's answer as an assistant turn: text (the label itself for an answer through the label schema),
+    and its tool calls in OpenAI form when it made some."""
+    msg = {"role": "assistant", "content": answer_text(result.content or "", schema)}
+    if result.tool_calls:
+        msg["tool_calls"] = result.tool_calls
+    return msg
+
+
+def _usage(result: ChatResult, turn: int, role: str) -> dict:
+    return {"turn": turn, "role": role, "call_key": result.call_key, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "latency_s": round(result.latency_s, 4)}
+
+
+def answered(category: Category, step: Step, result: ChatResult) -> tuple[dict | None, Step | None]:
+    """An answer step's outcome: (the finished row, None), or (None, the user-simulator step that continues the
+    conversation) while it has fewer than `conversation_turns` assistant turns and the answer called no tool."""
+    turns = [*step.turns, assistant_message(result, step.request.json_schema)]
+    n_assistant = sum(m["role"] == "assistant" for m in turns)
+    calls = [*step.turn_calls, _usage(result, len(turns) - 1, "assistant")]
+    row = generation_row(category, step, result, turns, calls)
+    if n_assistant >= category.conversation_turns or result.tool_calls:
+        return row, None
+    req = ChatRequest(user_turn_messages(category, turns), max(category.temperature, 0.7),
+                      min(category.max_tokens, 128), sample_index=step.request.sample_index)
+    return None, Step("user_turn", step.method, step.seed, req, instruction=step.instruction,
+                      parent_ids=step.parent_ids, evol_chain=step.evol_chain, turns=turns, turn_calls=calls,
+                      partial=row)
+
+
+def continue_conversation(category: Category, step: Step, result: ChatResult) -> tuple[dict | None, Step | None]:
+    """A user-simulator answer: the next answer step, or the conversation as it stands when no usable turn came."""
+    text = parse_user_turn(result.content)
+    if text is None:
+        return step.partial, None
+    turns = [*step.turns, {"role": "user", "content": text}]
+    calls = [*step.turn_calls, _usage(result, len(turns) - 1, "user")]
+    req = _answer_request(category, turns, step.method, step.request.sample_index)
+    return None, Step("answer", step.method, step.seed, req, instruction=text, parent_ids=step.parent_ids,
+                      evol_chain=step.evol_chain, turns=turns, turn_calls=calls, partial=step.partial)
+
+
+def generation_row(category: Category, step: Step, result: ChatResult, turns: list[dict] | None = None,
+                   calls: list[dict] | None = None) -> dict:
+    """One raw row: `messages` holds every turn; instruction/response are the last user and assistant turns
+    (tool calls as their text lines); tokens and latency are summed over the conversation's teacher calls."""
+    turns = turns if turns is not None else [*step.turns, assistant_message(result, step.request.json_schema)]
+    calls = calls if calls is not None else [_usage(result, len(turns) - 1, "assistant")]
     return {
         "generation_id": "g_" + content_hash(result.call_key, step.method, step.seed["seed_id"]),
         "seed_id": step.seed["seed_id"],
         "parent_ids": json.dumps(step.parent_ids),
         "category": category.name,
         "method": step.method,
-        "messages": json.dumps(training_messages(category, step.instruction, response), ensure_ascii=False),
+        "messages": conv.dumps(training_messages(category, turns)),
         "system_prompt": category.system_prompt,
-        "instruction": step.instruction,
-        "response": response,
+        "instruction": conv.last_user(turns),
+        "response": conv.message_text(turns[-1]),
         "teacher_model": result.model,
         "params": json.dumps(step.request.params()),
         "call_key": result.call_key,
         "sample_index": step.request.sample_index,
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "latency_s": result.latency_s,
+        "prompt_tokens": sum(int(c["prompt_tokens"] or 0) for c in calls),
+        "completion_tokens": sum(int(c["completion_tokens"] or 0) for c in calls),
+        "latency_s": sum(float(c["latency_s"] or 0) for c in calls),
         "finish_reason": result.finish_reason,
         "difficulty": step.seed.get("difficulty") or "medium",
         "reference": step.seed.get("reference"),
@@ -204,6 +260,7 @@ def generation_row(category: Category, step: Step, result: ChatResult) -> dict:
         "entry_point": step.seed.get("entry_point"),
         "source": step.seed.get("source") or "seed",
         "evol_chain": json.dumps(step.evol_chain),
+        "turn_calls": json.dumps(calls),
     }
 
 
@@ -236,14 +293,19 @@ def generate(category: Category, seeds: pd.DataFrame, session: LLMSession) -> tu
             if not res.ok:
                 stats.failed += 1
                 stats.failures[res.status] = stats.failures.get(res.status, 0) + 1
+                if step.partial is not None:  # a later turn failed: the conversation so far still counts
+                    rows.append(step.partial)
                 continue
-            if step.kind == "answer":
-                rows.append(generation_row(category, step, res))
+            if step.kind in ("answer", "user_turn"):
+                row, nxt = (answered if step.kind == "answer" else continue_conversation)(category, step, res)
+                rows += [row] if row is not None else []
+                following += [nxt] if nxt is not None else []
             else:
                 following += next_steps(category, step, res)
         steps = following
         if session.budget_hit:
             stats.budget_note = session.budget_hit
+            rows += [s.partial for s in steps if s.partial is not None]  # conversations cut short still count
             break
     stats.seconds = time.monotonic() - t0
     df = pd.DataFrame(rows, columns=[c for c in GENERATION_COLUMNS
@@ -267,6 +329,14 @@ def sample_answers(df: pd.DataFrame) -> list[str]:
     votes = {k: json.dumps([r for _, r in sorted(v, key=lambda t: t[0])], ensure_ascii=False)
              for k, v in groups.items()}
     return [votes[k] for k in keys]
+
+
+def all_call_keys(df: pd.DataFrame) -> list[str]:
+    """Every teacher call behind the rows: each row's final call and its earlier turns' calls."""
+    keys = df["call_key"].dropna().astype(str).tolist() if "call_key" in df.columns else []
+    for v in df["turn_calls"] if "turn_calls" in df.columns else []:
+        keys += [c["call_key"] for c in json.loads(v or "[]") if c.get("call_key")]
+    return list(dict.fromkeys(keys))
 
 
 def category_cost(store: DuckDBStore, call_keys: list[str]) -> dict[str, float]:

@@ -5,6 +5,10 @@
 - self_instruct: the teacher writes new instructions from a few seed examples, then answers them;
 - evol_instruct: in-depth / in-breadth rewrites for N rounds, each round answered, the parent chain kept;
 - task_specific: real inputs answered, plus similar synthetic inputs written by the teacher and answered.
+
+A seed may be a conversation: the teacher then plays the assistant and answers its last user turn with the whole
+conversation as context. With `conversation_turns: N`, the teacher also plays the user (USER_TURN_TEMPLATE) and the
+conversation grows to N assistant turns; it stops early at a tool call (distill runs no tools).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 
+from distill_assets.lib.conversation import transcript
 from distill_assets.lib.ids import content_hash
 from distill_assets.lib.tasks import Category
 
@@ -48,20 +53,30 @@ EVOL_OPERATIONS = {
     "mutate": ("different", "Change the domain or scenario while keeping the same structure."),
     "generate_new": ("new but related", "Create a related but different problem of the same type."),
 }
+USER_TURN_TEMPLATE = (
+    "You are role-playing a user of this assistant: {description}\n\n"
+    "The conversation so far:\n{transcript}\n\n"
+    "Write the user's next message: a natural follow-up (a missing detail, a related question, or a reaction "
+    "to the last answer). Reply with that one message only, in the user's voice, without a label."
+)
 _NUMBERED = re.compile(r"^\s*(?:\d{1,3}[\.\):]|[-*•])\s+(.+?)\s*$")
 _LABELS = re.compile(r"^\s*(?:#*\s*(?:rewritten|new|evolved)\s+instruction#*\s*:?)\s*", re.I)
 
 
 # ------------------------------------------------------------------------------------------------------------
-def answer_messages(category: Category, instruction: str, method: str) -> list[dict]:
-    """What the teacher is asked. The student trains on `training_messages`, with the plain system prompt."""
-    user = COT_TEMPLATE.format(problem=instruction) if method == "cot" else instruction
+def answer_messages(category: Category, turns: list[dict], method: str) -> list[dict]:
+    """What the teacher is sent to answer the last user turn of `turns` (the conversation without system). The
+    student trains on `training_messages`, with the plain system prompt."""
+    turns = [dict(m) for m in turns]
+    last = turns[-1]["content"] if turns and turns[-1]["role"] == "user" else None
     system = category.system_prompt
-    if category.verify == "label" and category.labels and category.label_order == "rotate":
-        k = int(content_hash("label_order", instruction), 16) % len(category.labels)
+    if category.verify == "label" and category.labels and category.label_order == "rotate" and last is not None:
+        k = int(content_hash("label_order", last), 16) % len(category.labels)
         order = category.labels[k:] + category.labels[:k]
         system = f"{system}\nThe possible labels: {', '.join(order)}."
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if method == "cot" and last is not None:
+        turns[-1]["content"] = COT_TEMPLATE.format(problem=last)
+    return [{"role": "system", "content": system}, *turns]
 
 
 def label_schema(category: Category) -> dict | None:
@@ -84,10 +99,28 @@ def answer_text(content: str, schema: dict | None) -> str:
     return label if isinstance(label, str) and label else content
 
 
-def training_messages(category: Category, instruction: str, response: str) -> list[dict]:
-    """The chat example the student trains on: the plain instruction, never the generation scaffold."""
-    return [{"role": "system", "content": category.system_prompt}, {"role": "user", "content": instruction},
-            {"role": "assistant", "content": response}]
+def training_messages(category: Category, turns: list[dict]) -> list[dict]:
+    """The chat example the student trains on: the plain turns, never the generation scaffold."""
+    return [{"role": "system", "content": category.system_prompt}, *turns]
+
+
+def user_turn_messages(category: Category, turns: list[dict], limit: int = 4000) -> list[dict]:
+    """The teacher, as the user simulator, asked for the next user turn of `turns`."""
+    return [{"role": "user", "content": USER_TURN_TEMPLATE.format(description=category.description,
+                                                                 transcript=transcript(turns, limit))}]
+
+
+_USER_LABEL = re.compile(r"^\s*(?:\*\*)?(?:user|customer|human|me)(?:\*\*)?\s*:\s*", re.I)
+
+
+def parse_user_turn(text: str | None) -> str | None:
+    """The simulated user message: label and quotes removed, first paragraph; None when nothing usable."""
+    t = _USER_LABEL.sub("", (text or "").strip()).strip()
+    t = t.split("\n\n")[0].strip().strip('"').strip()
+    # a simulator that answers as the assistant instead is not a user turn
+    if len(t) < 3 or re.match(r"^\s*assistant\s*:", t, re.I):
+        return None
+    return t
 
 
 def self_instruct_messages(category: Category, examples: list[str], n: int) -> list[dict]:

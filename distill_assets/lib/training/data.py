@@ -1,9 +1,13 @@
-"""clean_dataset rows -> trl prompt/completion records, the train/validation split, and the dataset version.
+"""clean_dataset rows -> tokenized training records with assistant-only labels, the split, and the dataset version.
 
-Loss is on assistant tokens only: each conversation becomes a conversational prompt-completion pair (prompt = every
-turn before the final assistant turn, completion = that assistant turn), and trl masks the prompt (labels -100).
-This works with any chat template; trl's `assistant_only_loss` instead needs `{% generation %}` markers, which
-SmolLM2's ChatML template lacks and trl cannot patch in.
+Loss is on assistant tokens only, in every turn: each conversation is rendered once with the student chat template
+(tools included: lib/chat_template.py) and tokenized with character offsets; a token is trained on (its label is its
+id) only when it lies inside an assistant turn's span, and every other token (system, user, tool results, the
+template's role headers) is -100. A turn's span is what rendering through that turn adds to rendering the
+conversation up to it with the generation prompt: the answer, its end-of-turn marker and the template's newline.
+This works with any template whose renderings of a conversation's prefixes are prefixes of the whole (ChatML,
+Llama 3, Qwen); trl's `assistant_only_loss` instead needs `{% generation %}` markers, which SmolLM2's template
+lacks. The records carry `input_ids` and `labels`, which trl's SFTTrainer takes as they are (then truncates).
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from distill_assets.lib import conversation as conv
 from distill_assets.lib import ledger
+from distill_assets.lib.chat_template import render, tool_format
 from distill_assets.lib.errors import InputError
 from distill_assets.lib.split import split_of
 from resources.store import DuckDBStore
 
+IGNORE = -100
 
-def conversation_to_prompt_completion(messages_json: str, where: str = "clean_dataset") -> dict:
+
+def parse_conversation(messages_json, where: str = "clean_dataset") -> list[dict]:
+    """A training row's messages, checked: a conversation ending with a non-empty assistant turn."""
     try:
         msgs = json.loads(messages_json) if isinstance(messages_json, str) else list(messages_json)
     except json.JSONDecodeError as e:
@@ -28,16 +37,51 @@ def conversation_to_prompt_completion(messages_json: str, where: str = "clean_da
     if not msgs or not isinstance(msgs, list):
         raise InputError(where, None, "messages", "empty conversation")
     for m in msgs:
-        if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or "role" not in m or not (isinstance(m.get("content"), str) or m.get("tool_calls")):
             raise InputError(where, None, "messages", f"each message needs role and string content, got {m!r:.80}")
     if msgs[-1]["role"] != "assistant":
         raise InputError(where, None, "messages", "the last message must be the assistant's answer")
-    if not msgs[-1]["content"].strip():
+    if not conv.message_text(msgs[-1]).strip():
         raise InputError(where, None, "messages", "empty assistant answer")
-    prompt = [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]]
-    if not any(m["role"] == "user" for m in prompt):
+    if not any(m["role"] == "user" for m in msgs):
         raise InputError(where, None, "messages", "no user turn before the assistant answer")
-    return {"prompt": prompt, "completion": [{"role": "assistant", "content": msgs[-1]["content"]}]}
+    problem = conv.conversation_problem(msgs)
+    if problem is not None:
+        raise InputError(where, None, "messages", f"not a well-formed conversation: {problem}")
+    return msgs
+
+
+def assistant_spans(tokenizer, msgs: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """(the rendered conversation, [(start, end) character span of each assistant turn])."""
+    full = render(tokenizer, msgs, tools)
+    spans = []
+    for i in conv.assistant_indices(msgs):
+        before = render(tokenizer, msgs[:i], tools, add_generation_prompt=True)
+        through = render(tokenizer, msgs[:i + 1], tools)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise ValueError("the chat template does not render a conversation's prefixes as prefixes of it; "
+                             "assistant-only labels cannot be placed")
+        spans.append((len(before), len(through)))
+    return full, spans
+
+
+def tokenize_conversation(tokenizer, msgs: list[dict], tools: list[dict] | None = None) -> dict:
+    """{"input_ids", "labels"}: labels are the ids inside assistant turns and -100 everywhere else."""
+    text, spans = assistant_spans(tokenizer, msgs, tools)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        inside = any(s <= start and end <= e for s, e in spans) and end > start
+        labels.append(tid if inside else IGNORE)
+    return {"input_ids": list(enc["input_ids"]), "labels": labels}
+
+
+def tokenize_records(tokenizer, records: list[dict]) -> tuple[list[dict], dict]:
+    """Tokenized records for the trainer, and what the caller must report: the tool format used."""
+    with_tools = any(r.get("tools") for r in records)
+    fmt = tool_format(tokenizer) if with_tools else None
+    out = [tokenize_conversation(tokenizer, r["messages"], r.get("tools")) for r in records]
+    return out, {"tool_format": fmt, "rows_with_tools": sum(bool(r.get("tools")) for r in records)}
 
 
 def _row_fractions(df: pd.DataFrame, val_fraction: float | Mapping[str, float]) -> float | np.ndarray:
@@ -65,11 +109,12 @@ def split_dataset(df: pd.DataFrame, val_fraction: float | Mapping[str, float]
     recs = []
     for i, row in enumerate(df.itertuples(index=False)):
         try:
-            pc = conversation_to_prompt_completion(row.messages)
+            msgs = parse_conversation(row.messages)
         except InputError as e:
             raise InputError("clean_dataset", i + 1, "messages", f"example {row.example_id}: {e.message}") from None
-        recs.append({**pc, "example_id": str(row.example_id),
-                     "split": str(getattr(row, "split", "train") or "train")})
+        tools = getattr(row, "tools", None)
+        recs.append({"messages": msgs, "tools": json.loads(tools) if isinstance(tools, str) else None,
+                     "example_id": str(row.example_id), "split": str(getattr(row, "split", "train") or "train")})
     if not any(r["split"] == "validation" for r in recs):
         is_train = [r["split"] == "train" for r in recs]
         if sum(is_train) < 2:
@@ -91,8 +136,7 @@ def split_dataset(df: pd.DataFrame, val_fraction: float | Mapping[str, float]
     val = [r for r in recs if r["split"] == "validation"]
     if not train:
         raise ValueError("clean_dataset has no train rows")
-    strip = lambda rs: [{"prompt": r["prompt"], "completion": r["completion"], "example_id": r["example_id"]}
-                        for r in rs]
+    strip = lambda rs: [{"messages": r["messages"], "tools": r["tools"], "example_id": r["example_id"]} for r in rs]
     return strip(train), strip(val), notes
 
 

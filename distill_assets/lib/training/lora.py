@@ -1,6 +1,7 @@
 """LoRA / QLoRA SFT of the student (trl SFTTrainer + peft), optional logit KD, with crash-safe checkpoints.
 
-`train_lora` takes prompt/completion records (lib/training/data.py) and a resolved `TrainPlan`; it validates
+`train_lora` takes conversation records (lib/training/data.py: messages, tools, example_id), tokenized here with
+assistant-only labels across every turn, and a resolved `TrainPlan`; it validates
 every epoch, stops on NaN/inf, resumes from the last checkpoint, and writes the adapter atomically with its plan,
 provenance, train manifest, loss history and loss curve.
 """
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_assets.lib.artifacts import atomic_dir
+from distill_assets.lib.chat_template import TOOL_FORMAT_PLAIN
 from distill_assets.lib.generation.logprobs import TeacherTokens
+from distill_assets.lib.training.data import tokenize_records
 from distill_assets.lib.training.kd import load_teacher, logit_kd_trainer_class
 from distill_assets.lib.training.plan import TrainPlan
 from distill_assets.lib.training.sparse_kd import sparse_kd_trainer
@@ -63,6 +66,7 @@ class TrainResult:
     peak_rss_mb: float
     notes: list[str] = field(default_factory=list)
     kd: dict | None = None
+    tool_format: str | None = None  # how tool calls were rendered (chat_template | plain_text); None: no tools
 
 
 def epoch_table(history: list[dict]) -> list[dict]:
@@ -231,9 +235,17 @@ def train_lora(
         r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
         target_modules=list(plan.target_modules), bias="none", task_type="CAUSAL_LM",
     )
-    cols = ["prompt", "completion"]
-    train_ds = Dataset.from_list([{k: r[k] for k in cols} for r in train_records])
-    val_ds = Dataset.from_list([{k: r[k] for k in cols} for r in val_records])
+    train_tok, info = tokenize_records(tokenizer, train_records)
+    val_tok, _ = tokenize_records(tokenizer, val_records)
+    notes = list(plan.notes)
+    if info["tool_format"] == TOOL_FORMAT_PLAIN:
+        msg = (f"the student chat template at {base_dir} has no tool support: {info['rows_with_tools']} training "
+               "row(s) with tools use the plain-text tool-call form (function list in the system prompt, one "
+               '{"tool_call": {...}} JSON line per call); evaluation parses the same form')
+        log(f"warning: {msg}")
+        notes.append(msg)
+    train_ds = Dataset.from_list(train_tok)
+    val_ds = Dataset.from_list(val_tok)
     # KD losses return full logits with the loss; evaluation must not gather them ([rows, L, vocab] floats)
     args = build_sft_config(plan, ckpt_dir, **({"prediction_loss_only": True} if plan.mode != "sft" else {}))
 
@@ -290,6 +302,8 @@ def train_lora(
             "dataset_version": dataset_version,
             "mode": plan.mode,
             "kd": kd_info,
+            "tool_format": info["tool_format"],
+            "notes": notes,
             "train_examples": len(train_records),
             "validation_examples": len(val_records),
             "global_step": trainer.state.global_step,
@@ -309,5 +323,5 @@ def train_lora(
         adapter_dir=final, history=history, epochs=epochs, warnings=warns, resumed_from=last,
         global_step=trainer.state.global_step, train_tokens=train_tokens, train_runtime_s=runtime,
         tokens_per_s=(train_tokens / runtime) if runtime > 0 else 0.0, peak_rss_mb=_peak_rss_mb(),
-        notes=list(plan.notes), kd=kd_info,
+        notes=notes, kd=kd_info, tool_format=info["tool_format"],
     )

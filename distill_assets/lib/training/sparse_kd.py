@@ -85,9 +85,12 @@ def align(input_ids: list[int], labels: list[int], teacher: TeacherTokens | None
     first token. reason: aligned | truncated (aligned, cut by max_length) | no_logprobs | token_mismatch."""
     if teacher is None or not len(teacher.ids):
         return "no_logprobs", None
-    start = next((i for i, t in enumerate(labels) if t != -100), None)
+    # the teacher's logprobs are of the last assistant turn: the last run of trained tokens
+    start = next((i for i in range(len(labels) - 1, -1, -1) if labels[i] != -100), None)
     if start is None:
         return "no_logprobs", None
+    while start > 0 and labels[start - 1] != -100:
+        start -= 1
     completion = np.asarray(input_ids[start:], dtype=np.int64)
     m = min(len(teacher.ids), len(completion))
     sampled = teacher.ids[:m, 0].astype(np.int64)
@@ -196,21 +199,21 @@ def sparse_kd_trainer_class():
 
 def sparse_kd_trainer(trainer_kwargs: dict, tokenizer, train_records: list[dict], val_records: list[dict],
                       teacher: dict[str, TeacherTokens], plan) -> tuple[object, dict]:
-    """The trainer over records carrying a `kd_row` column, and what it found (for the adapter's metadata)."""
-    from datasets import Dataset  # deferred: heavy optional dependency
-
+    """The trainer over the tokenized datasets in `trainer_kwargs`, each row given a `kd_row` index into the
+    records' teacher logprobs, and what it found (for the adapter's metadata)."""
     student = vocab_hash(tokenizer)
     check_tokenizer(student, teacher)
     rows: list[TeacherTokens | None] = []
 
-    def frame(records: list[dict]):
-        out = []
+    def frame(ds, records: list[dict]):
+        index = []
         for r in records:
-            out.append({"prompt": r["prompt"], "completion": r["completion"], "kd_row": len(rows)})
+            index.append(len(rows))
             rows.append(teacher.get(r.get("example_id", "")))
-        return Dataset.from_list(out)
+        return ds.add_column("kd_row", index)
 
-    kwargs = {**trainer_kwargs, "train_dataset": frame(train_records), "eval_dataset": frame(val_records)}
+    kwargs = {**trainer_kwargs, "train_dataset": frame(trainer_kwargs["train_dataset"], train_records),
+              "eval_dataset": frame(trainer_kwargs["eval_dataset"], val_records)}
     trainer = sparse_kd_trainer_class()(teacher_rows=rows, lossy=LossyText.of(tokenizer), alpha=plan.kd_alpha,
                                         divergence=plan.kd_divergence, **kwargs)
     usable = trainer.kd_rows["train"].get("aligned", 0) + trainer.kd_rows["train"].get("truncated", 0)

@@ -137,3 +137,32 @@ def test_score_generations_and_stratified_breakdown():
     assert d.loc[("merged_student", "easy"), "task_score"] == 1.0
     assert d.loc[("merged_student", "hard"), "task_score"] == 0.0
     assert d.loc[("teacher", "hard"), "n_task"] == 1
+
+
+TOOL_SPECS = [{"type": "function", "function": {"name": "lookup_order", "parameters": {
+    "type": "object", "properties": {"order_id": {"type": "string", "pattern": "^A-[0-9]{4}$"}},
+    "required": ["order_id"]}}}]
+EXPECTED = '{"arguments": {"order_id": "A-1001"}, "name": "lookup_order"}'
+
+
+@pytest.mark.parametrize("response,score,status,reason", [
+    ('{"tool_call": {"name": "lookup_order", "arguments": {"order_id": "A-1001"}}}', 1.0, "pass", "ok"),
+    ('Sure.\n{"tool_call": {"name": "lookup_order", "arguments": {"order_id": "A-1001"}}}', 1.0, "pass", "ok"),
+    ('{"tool_call": {"name": "lookup_order", "arguments": {"order_id": "A-1002"}}}', 0.0, "fail", "tool_call_mismatch"),
+    ('{"tool_call": {"name": "find_order", "arguments": {"order_id": "A-1001"}}}', 0.0, "fail",
+     "tool_call_unknown_function"),
+    ('{"tool_call": {"name": "lookup_order", "arguments": {"order_id": "1001"}}}', 0.0, "fail",
+     "tool_call_schema_violation"),
+    ('{"tool_call": {"name": "lookup_order", "arguments": {"order_id"', 0.0, "fail", "tool_call_invalid_json"),
+    ("Your order is on its way.", 0.0, "unparsed", "tool_call_missing"),
+])
+def test_tool_call_accuracy(response, score, status, reason):
+    s = m.score_response("tool_call", response, reference=EXPECTED, tools=TOOL_SPECS)
+    assert (s["metric"], s["score"], s["task_status"], s["detail"]["reason"]) == (
+        "tool_call_accuracy", score, status, reason)
+
+
+def test_tool_call_without_expected_call_falls_back_to_rouge():
+    s = m.score_response("tool_call", "Your order is on its way.", reference=None,
+                       reference_response="Your order is on its way.", tools=TOOL_SPECS)
+    assert s["metric"] == "rouge_l" and s["score"] == pytest.approx(1.0)

@@ -97,6 +97,11 @@ def test_align_checks_the_teacher_tokens_against_the_students(tiny):
     assert align(ids, labels, _teacher([10, -1, 12]), lossy)[0] == "token_mismatch"  # id 11 has text of its own
     assert align(ids[:4], labels[:4], _teacher([10, 11, 12]), lossy)[0] == "truncated"
     assert align(ids, labels, None, lossy) == ("no_logprobs", None)
+    # a conversation: the teacher's logprobs are of the last assistant turn, not the first
+    conv_ids = [1, 7, 8, 2, 9, 10, 11, 12, 2]
+    conv_labels = [-100, 7, 8, -100, -100, 10, 11, 12, -100]
+    reason, got = align(conv_ids, conv_labels, _teacher([10, 11, 12]), lossy)
+    assert reason == "aligned" and got[0] == 5
 
 
 def test_another_tokenizer_is_refused_with_the_reason():
@@ -113,7 +118,7 @@ def test_sparse_kd_training_lowers_the_kl(tiny, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(tiny["base"]))
     tr, va, _ = split_dataset(clean_frame(2), VALIDATION_FRACTION)
     alts = tuple(tok(w, add_special_tokens=False)["input_ids"][0] for w in ("Hello", " the", "5", "."))
-    teacher = {r["example_id"]: _teacher(tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"],
+    teacher = {r["example_id"]: _teacher(tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"],
                                          tokenizer=vocab_hash(tok), alts=alts) for r in tr + va}
     del teacher[tr[0]["example_id"]]  # no logprobs for this one
     bad = teacher[tr[1]["example_id"]]
