@@ -11,7 +11,9 @@ be re-tempered.
 The student learns the same tokens the teacher generated only when its tokenizer turns the response back into
 the teacher's token sequence. Each row is checked after trl tokenizes it: the completion's first tokens must be
 the teacher's sampled ids (where the server named a token by lossy text only, the student's token must be part
-of a multi-byte character whose readable part is that text: `LossyText`). Rows that do not line up, or have no stored
+of a multi-byte character whose readable part is that text: `LossyText`). Where the two tokenizations part ways
+later (a whitespace run the teacher sampled as one token), KD covers the agreeing prefix; an answer the teacher
+gave through a JSON schema is found inside the teacher's tokens. Rows that do not line up, or have no stored
 logprobs, still train on CE; their count by reason is in the trainer's `kd_rows` (and the adapter's metadata).
 """
 
@@ -79,26 +81,57 @@ def sparse_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_i
     return alpha * kd + (1.0 - alpha) * ce, kd, ce, kl_sum.detach(), positions
 
 
+USABLE = ("aligned", "truncated", "prefix", "inner")
+MIN_PREFIX = 4  # a shorter agreeing prefix is not worth a KD row
+
+
+def _inner(sampled: np.ndarray, run: np.ndarray) -> int | None:
+    """Where the student's answer tokens sit inside the teacher's (an answer sent through a JSON schema, e.g.
+    `{"label": "refund"}` trained as `refund`), allowing the run's last two tokens (end of turn) to be absent."""
+    for n in range(len(run), max(len(run) - 3, 0), -1):
+        head = run[:n]
+        for off in range(0, len(sampled) - n + 1):
+            if sampled[off] == head[0] and np.array_equal(sampled[off:off + n], head):
+                return off
+    return None
+
+
 def align(input_ids: list[int], labels: list[int], teacher: TeacherTokens | None,
           lossy: LossyText) -> tuple[str, tuple[int, np.ndarray, np.ndarray] | None]:
     """(reason, (start, ids, logprobs)) of one tokenized row: `start` is the input position of the teacher's
-    first token. reason: aligned | truncated (aligned, cut by max_length) | no_logprobs | token_mismatch."""
+    first usable token. reason: aligned | truncated (aligned, cut by max_length) | prefix (the tokenizations part
+    ways later on, e.g. a whitespace run the teacher sampled as one token: KD up to there) | inner (the answer
+    sits inside the teacher's structured output) | no_logprobs | token_mismatch."""
     if teacher is None or not len(teacher.ids):
         return "no_logprobs", None
     # the teacher's logprobs are of the last assistant turn: the last run of trained tokens
-    start = next((i for i in range(len(labels) - 1, -1, -1) if labels[i] != -100), None)
-    if start is None:
+    end = next((i for i in range(len(labels) - 1, -1, -1) if labels[i] != -100), None)
+    if end is None:
         return "no_logprobs", None
+    start = end
     while start > 0 and labels[start - 1] != -100:
         start -= 1
     completion = np.asarray(input_ids[start:], dtype=np.int64)
     m = min(len(teacher.ids), len(completion))
     sampled = teacher.ids[:m, 0].astype(np.int64)
-    got = completion[:m]
-    if not lossy.same_as_sent(sampled, got).all():
-        return "token_mismatch", None
+    same = lossy.same_as_sent(sampled, completion[:m])
+    if not same.all():
+        k = int(np.argmin(same))  # the first position where they differ
+        if k >= MIN_PREFIX:
+            ids = teacher.ids[:k].copy()
+            ids[:, 0] = completion[:k]
+            return "prefix", (start, ids, teacher.logprobs[:k])
+        run = np.asarray(input_ids[start:end + 1], dtype=np.int64)
+        off = _inner(teacher.ids[:, 0].astype(np.int64), run)
+        if off is None:
+            return "token_mismatch", None
+        n = min(len(run), len(teacher.ids) - off)
+        ids = teacher.ids[off:off + n].copy()
+        n = int(np.argmin(np.append(ids[:, 0] == run[:n], False)))  # the matched part only
+        ids = ids[:n]
+        return "inner", (start, ids, teacher.logprobs[off:off + n])
     ids = teacher.ids[:m].copy()
-    ids[:, 0] = got  # where the server's text was lossy, the student's token is the one it sampled
+    ids[:, 0] = completion[:m]  # where the server's text was lossy, the student's token is the one it sampled
     return ("aligned" if m == len(teacher.ids) else "truncated"), (start, ids, teacher.logprobs[:m])
 
 
@@ -216,7 +249,7 @@ def sparse_kd_trainer(trainer_kwargs: dict, tokenizer, train_records: list[dict]
               "eval_dataset": frame(trainer_kwargs["eval_dataset"], val_records)}
     trainer = sparse_kd_trainer_class()(teacher_rows=rows, lossy=LossyText.of(tokenizer), alpha=plan.kd_alpha,
                                         divergence=plan.kd_divergence, **kwargs)
-    usable = trainer.kd_rows["train"].get("aligned", 0) + trainer.kd_rows["train"].get("truncated", 0)
+    usable = sum(n for reason, n in trainer.kd_rows["train"].items() if reason in USABLE)
     if not usable:
         raise ValueError(f"sparse_kd: no training row lines up with its teacher logprobs {trainer.kd_rows['train']}; "
                          "token_mismatch means the student's tokens of the response are not the teacher's (another "

@@ -102,6 +102,15 @@ def test_align_checks_the_teacher_tokens_against_the_students(tiny):
     conv_labels = [-100, 7, 8, -100, -100, 10, 11, 12, -100]
     reason, got = align(conv_ids, conv_labels, _teacher([10, 11, 12]), lossy)
     assert reason == "aligned" and got[0] == 5
+    # the tokenizations part ways after 4 tokens (a whitespace run sampled as one token): KD on the prefix
+    long_ids, long_labels = [1, 9, 10, 11, 12, 14, 15, 16, 2], [-100, -100, 10, 11, 12, 14, 15, 16, 2]
+    reason, got = align(long_ids, long_labels, _teacher([10, 11, 12, 14, 17, 16]), lossy)
+    assert reason == "prefix" and got[0] == 2 and got[1][:, 0].tolist() == [10, 11, 12, 14]
+    assert align(long_ids, long_labels, _teacher([10, 11, 17, 14, 15, 16]), lossy)[0] == "token_mismatch"
+    # a label answered through a JSON schema ({"label": "..."}), trained as the label: found inside
+    label_ids, label_labels = [1, 9, 10, 11, 2], [-100, -100, 10, 11, 2]
+    reason, got = align(label_ids, label_labels, _teacher([20, 21, 22, 10, 11, 23, 24]), lossy)
+    assert reason == "inner" and got[0] == 2 and got[1][:, 0].tolist() == [10, 11]
 
 
 def test_another_tokenizer_is_refused_with_the_reason():
