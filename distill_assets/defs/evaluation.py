@@ -7,6 +7,7 @@ The `eval_gate` check (checks/eval_report.py) turns the summary into a promotion
 """
 
 import json
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -38,6 +39,9 @@ class EvalReportConfig(dg.Config):
                                            description="categories evaluated on every held-out item despite the cap")
     judge_max_tokens: int = Field(default=256, ge=8)
     judge_exports: bool = Field(default=True, description="judge each export against the teacher too")
+    judge_scope: Literal["all", "open_ended"] = Field(
+        default="all", description="open_ended: the pairwise judge only rates categories without an exact verifier "
+                                   "(verify: none); labels, math, code and tool calls are scored exactly anyway")
     hardware_usd_per_hour: float = Field(default=0.10, ge=0,
                                          description="$/hour of the machine running local variants (cost estimate)")
     n_bootstrap: int = Field(default=2000, ge=100)
@@ -100,7 +104,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalReportConfig, eva
 
     scored = score_generations(eval_df, gens, categories, token_counter=pl.token_counter(merged),
                                code_timeout_s=config.code_timeout_s)
-    pairs_df = pl.judge_pair_frame(scored, config.judge_exports)
+    pairs_df = pl.judge_pair_frame(scored, config.judge_exports,
+                                   categories=pl.judged_categories(categories, config.judge_scope))
     with judge.session(store, run_id=run_id, logger=context.log) as js:
         judged = pw.judge_pairs(pairs_df, lambda reqs, cat: js.complete(reqs, category=cat, label=f"eval judge {cat}"),
                                 max_tokens=config.judge_max_tokens)

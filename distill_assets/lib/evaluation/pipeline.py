@@ -45,9 +45,18 @@ def token_counter(spec: VariantSpec | None) -> Callable[[str], int] | None:
     return lambda text: len(tok(text or "", add_special_tokens=False)["input_ids"])
 
 
-def judge_pair_frame(scored: pd.DataFrame, judge_exports: bool) -> pd.DataFrame:
+def judged_categories(categories: dict, scope: str) -> set[str]:
+    """The categories the pairwise judge rates: all, or only those without an exact verifier (open_ended)."""
+    if scope not in ("all", "open_ended"):
+        raise ValueError(f"judge_scope must be 'all' or 'open_ended', got {scope!r}")
+    return {name for name, cat in categories.items() if scope == "all" or cat.verify == "none"}
+
+
+def judge_pair_frame(scored: pd.DataFrame, judge_exports: bool, categories: set[str] | None = None) -> pd.DataFrame:
     """Every pair to judge: each student variant vs the teacher (exports only when `judge_exports`), and the
-    merged student vs the base."""
+    merged student vs the base; only the rows of `categories` when given."""
+    if categories is not None and not scored.empty:
+        scored = scored[scored["category"].isin(sorted(categories))]
     present = set(scored["variant"]) if not scored.empty else set()
     pairs = []
     for v in sorted(present - {TEACHER}):

@@ -175,6 +175,8 @@ def build_sft_config(plan: TrainPlan, output_dir: Path, **overrides):
         max_length=plan.max_seq_len,
         completion_only_loss=True,
         packing=False,
+        # batches of similar lengths: a few long rows (tool lists, long answers) otherwise pad every batch to them
+        train_sampling_strategy="group_by_length" if plan.per_device_batch_size > 1 else "random",
         eval_strategy="epoch",
         save_strategy="steps",
         save_steps=plan.save_steps,
