@@ -50,9 +50,8 @@ concurrency:
 
 # The quickstart's run config: a CPU-sized evaluation (the eval_report defaults evaluate every held-out item).
 # classify's short answers are evaluated on every held-out item (the demo's proof needs n >= 40), the other
-# categories on 10 each. Only q8_0 of the GGUF files is evaluated: f16 and q4_k_m are compared with the merged
-# model by gguf_export's parity check. The pairwise judge rates only the open-ended category (support): the
-# others are scored exactly, and each judge call costs ~1 s on the 135M model.
+# categories on 10 each. Only q8_0 of the GGUF files is evaluated (gguf_export's parity check compares all three
+# with the merged model). The pairwise judge rates only support: the others are scored exactly.
 QUICKSTART_OPS_CONFIG: dict[str, dict] = {
     "eval_report": {"max_examples_per_category": 10, "uncapped_categories": ["classify"], "max_new_tokens": 64,
                     "judge_max_tokens": 48, "judge_exports": False, "judge_scope": "open_ended",
