@@ -29,8 +29,9 @@ DIFFICULTIES = {"easy", "medium", "hard"}
 _OPTIONAL_STR = ("reference", "entry_point", "reference_response")
 
 
-def _records(path: Path) -> list[tuple[int, dict]]:
-    """(line, record) pairs from JSONL or CSV, with precise errors for undecodable or unparsable lines."""
+def _records(path: Path) -> tuple[list[tuple[int, dict]], list[InputError]]:
+    """(line, record) pairs from JSONL or CSV, and precise errors for undecodable or unparsable lines (the
+    callers add the rows' own errors, so one run lists every bad line)."""
     data = path.read_bytes()
     errors: list[InputError] = []
     if path.suffix.lower() == ".csv":
@@ -50,9 +51,7 @@ def _records(path: Path) -> list[tuple[int, dict]]:
                         kind = "an object" if k == "expected_tool_call" else "a list"
                         errors.append(InputError(path, reader.line_num, k, f"must be JSON ({kind}) in CSV"))
             rows.append((reader.line_num, {k: (v if v != "" else None) for k, v in rec.items()}))
-        if errors:
-            raise InputErrors(errors)
-        return rows
+        return rows, errors
     rows = []
     for n, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
@@ -71,9 +70,7 @@ def _records(path: Path) -> list[tuple[int, dict]]:
             errors.append(InputError(path, n, None, "each line must be a JSON object"))
             continue
         rows.append((n, rec))
-    if errors:
-        raise InputErrors(errors)
-    return rows
+    return rows, errors
 
 
 def _messages_errors(path: Path, line: int, msgs, max_chars: int) -> list[InputError]:
@@ -152,8 +149,7 @@ def load_seed_file(path: str | Path, category: Category, source: str = "seed") -
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, None, "seed file not found")
-    records = _records(path)
-    errors: list[InputError] = []
+    records, errors = _records(path)
     for line, rec in records:
         errors.extend(validate_seed_record(path, line, rec, category.max_seed_chars, category))
     if category.verify == "code":
@@ -161,7 +157,7 @@ def load_seed_file(path: str | Path, category: Category, source: str = "seed") -
             if rec.get("tests") and not rec.get("entry_point"):
                 errors.append(InputError(path, line, "entry_point", "code seeds with tests need an entry_point"))
     if errors:
-        raise InputErrors(errors)
+        raise InputErrors(sorted(errors, key=lambda e: e.line or 0))
     if not records:
         raise InputError(path, None, None, "no seed rows")
     rows = []
@@ -213,8 +209,7 @@ def load_eval_file(path: str | Path, category: Category) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, None, "eval file not found")
-    records = _records(path)
-    errors: list[InputError] = []
+    records, errors = _records(path)
     for line, rec in records:
         errors.extend(validate_seed_record(path, line, rec, category.max_seed_chars, category))
         if category.verify == "tool_call" and rec.get("expected_tool_call") is None:
@@ -229,7 +224,7 @@ def load_eval_file(path: str | Path, category: Category) -> pd.DataFrame:
             errors.append(InputError(path, line, "tests" if not rec.get("tests") else "entry_point",
                                      "code eval items need tests and an entry_point"))
     if errors:
-        raise InputErrors(errors)
+        raise InputErrors(sorted(errors, key=lambda e: e.line or 0))
     if not records:
         raise InputError(path, None, None, "no eval rows: a category needs a held-out eval set")
     seen: dict[str, int] = {}

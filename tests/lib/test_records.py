@@ -69,7 +69,9 @@ def test_all_errors_reported_at_once(tmp_path, category):
     path = _write(tmp_path, "s.jsonl", b'{"prompt": ""}\n{"x": 1}\n{bad\n')
     with pytest.raises(InputErrors) as exc:
         load_seed_file(path, category)
-    assert [e.line for e in exc.value.errors] == [3] or len(exc.value.errors) >= 1
+    # the broken JSON on line 3 does not hide the bad rows on lines 1 and 2
+    assert [e.line for e in exc.value.errors] == [1, 2, 3]
+    assert "broken JSON" in exc.value.errors[2].message
 
 
 def test_csv_seeds(tmp_path, category):
