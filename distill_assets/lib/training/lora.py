@@ -152,7 +152,8 @@ def load_student(base_dir: str | Path, plan: TrainPlan):
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
     else:
-        dtype = torch.bfloat16 if plan.bf16 else torch.float32
+        # bf16 weights only on CUDA; on CPU bf16 is autocast over fp32 master weights
+        dtype = torch.bfloat16 if plan.bf16 and plan.device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype)
     model.config.use_cache = False
     return model
@@ -187,6 +188,7 @@ def build_sft_config(plan: TrainPlan, output_dir: Path, **overrides):
         disable_tqdm=True,
         bf16=plan.bf16,
         fp16=False,
+        use_cpu=plan.device == "cpu",
         activation_checkpointing=plan.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
         seed=plan.seed,
         data_seed=plan.seed,

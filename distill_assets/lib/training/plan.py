@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -96,6 +97,9 @@ class TrainOptions(BaseModel):
     save_steps: int = Field(default=50, description="checkpoint every N optimizer steps (crash recovery)")
     gradient_checkpointing: bool | None = Field(default=None, description="None: on for gpu/full, off on CPU")
     num_threads: int | None = Field(default=None, description="torch CPU threads; None = torch default")
+    bf16: bool | None = Field(
+        default=None, description="bf16 autocast; None: on with CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX)"
+    )
     resume: bool = Field(default=True, description="resume from the last checkpoint of an interrupted run")
 
 
@@ -149,8 +153,23 @@ class TrainPlan:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_plan(cfg: TrainOptions | None = None, *, cuda_available: bool | None = None) -> TrainPlan:
-    """`cfg` is a TrainOptions or anything with its fields (the `lora_adapter` run config)."""
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU computes bf16 in hardware; emulated bf16 autocast on older CPUs is slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_plan(
+    cfg: TrainOptions | None = None, *, cuda_available: bool | None = None, cpu_bf16: bool | None = None
+) -> TrainPlan:
+    """`cfg` is a TrainOptions or anything with its fields (the `lora_adapter` run config).
+
+    `cpu_bf16` says whether the CPU has native bf16 (None: read /proc/cpuinfo)."""
     cfg = cfg or TrainOptions()
     if cuda_available is None:
         import torch  # deferred: heavy optional dependency
@@ -198,6 +217,11 @@ def resolve_plan(cfg: TrainOptions | None = None, *, cuda_available: bool | None
     if cfg.kd_temperature <= 0:
         raise ValueError(f"kd_temperature must be > 0, got {cfg.kd_temperature}")
 
+    bf16 = getattr(cfg, "bf16", None)
+    if bf16 is None:
+        bf16 = bool(cuda_available) or (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16)
+    if bf16 and not cuda_available:
+        notes.append("bf16 autocast on CPU (native bf16); weights and optimizer state stay fp32")
     gc = cfg.gradient_checkpointing
     if gc is None:
         gc = bool(cuda_available and profile != "cpu_quickstart")
@@ -229,7 +253,7 @@ def resolve_plan(cfg: TrainOptions | None = None, *, cuda_available: bool | None
         seed=cfg.seed,
         save_steps=cfg.save_steps,
         gradient_checkpointing=gc,
-        bf16=bool(cuda_available),
+        bf16=bool(bf16),
         num_threads=cfg.num_threads,
         resume=cfg.resume,
         notes=notes,

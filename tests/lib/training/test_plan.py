@@ -1,6 +1,6 @@
 import pytest
 
-from distill_assets.lib.training.plan import LORA_DEFAULTS, TrainOptions, resolve_plan
+from distill_assets.lib.training.plan import LORA_DEFAULTS, TrainOptions, cpu_has_native_bf16, resolve_plan
 
 
 def test_lora_defaults_on_gpu():
@@ -15,11 +15,26 @@ def test_lora_defaults_on_gpu():
 
 
 def test_auto_picks_cpu_quickstart_and_says_so():
-    p = resolve_plan(TrainOptions(), cuda_available=False)
+    p = resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=False)
     assert p.profile == "cpu_quickstart" and "no CUDA" in p.profile_reason
     assert p.num_train_epochs == 1.0 and p.max_seq_len <= 512 and p.effective_batch_size < 32
     assert p.lora_r == 32 and p.learning_rate == 2e-4  # the default LoRA shape and optimizer are kept
     assert not p.bf16 and not p.gradient_checkpointing
+
+
+def test_bf16_autocast_on_cpus_with_native_bf16_only():
+    assert resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=True).bf16
+    assert not resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=False).bf16
+    assert resolve_plan(TrainOptions(), cuda_available=True, cpu_bf16=False).bf16
+    assert not resolve_plan(TrainOptions(bf16=False), cuda_available=False, cpu_bf16=True).bf16  # override wins
+    noted = resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=True).notes
+    assert any("bf16 autocast on CPU" in n for n in noted)
+
+
+def test_native_bf16_is_read_from_cpu_flags():
+    assert cpu_has_native_bf16("flags : fpu sse avx512f avx512_bf16 amx_tile")
+    assert cpu_has_native_bf16("flags : fpu amx_bf16")
+    assert not cpu_has_native_bf16("flags : fpu sse avx2 avx512f")
 
 
 def test_overrides_beat_the_profile():
