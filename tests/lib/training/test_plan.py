@@ -22,13 +22,14 @@ def test_auto_picks_cpu_quickstart_and_says_so():
     assert not p.bf16 and not p.gradient_checkpointing
 
 
-def test_bf16_autocast_on_cpus_with_native_bf16_only():
-    assert resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=True).bf16
-    assert not resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=False).bf16
+def test_bf16_is_on_with_cuda_and_opt_in_on_cpus_with_native_bf16():
     assert resolve_plan(TrainOptions(), cuda_available=True, cpu_bf16=False).bf16
-    assert not resolve_plan(TrainOptions(bf16=False), cuda_available=False, cpu_bf16=True).bf16  # override wins
-    noted = resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=True).notes
-    assert any("bf16 autocast on CPU" in n for n in noted)
+    assert not resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=True).bf16  # CPU default: fp32
+    p = resolve_plan(TrainOptions(bf16=True), cuda_available=False, cpu_bf16=True)
+    assert p.bf16 and any("bf16 autocast on CPU" in n for n in p.notes)
+    with pytest.raises(ValueError, match="native bf16"):
+        resolve_plan(TrainOptions(bf16=True), cuda_available=False, cpu_bf16=False)
+    assert not resolve_plan(TrainOptions(bf16=False), cuda_available=True).bf16  # override wins
 
 
 def test_native_bf16_is_read_from_cpu_flags():
