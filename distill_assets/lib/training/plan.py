@@ -220,9 +220,7 @@ def resolve_plan(
 
     # CPU bf16 is opt-in: on the 135M demo it saved ~7% of training time, and that run's merged model missed
     # the q8_0 GGUF perplexity-parity bound (1.058 > 1.05), so fp32 stays the CPU default
-    bf16 = getattr(cfg, "bf16", None)
-    if bf16 is None:
-        bf16 = bool(cuda_available)
+    bf16 = bool(cuda_available) if cfg.bf16 is None else cfg.bf16
     if bf16 and not cuda_available:
         if not (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
             raise ValueError("bf16 on CPU needs native bf16 (AVX512-BF16 or AMX); this CPU would emulate it, "
@@ -259,7 +257,7 @@ def resolve_plan(
         seed=cfg.seed,
         save_steps=cfg.save_steps,
         gradient_checkpointing=gc,
-        bf16=bool(bf16),
+        bf16=bf16,
         num_threads=cfg.num_threads,
         resume=cfg.resume,
         notes=notes,

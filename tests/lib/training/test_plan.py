@@ -15,7 +15,7 @@ def test_lora_defaults_on_gpu():
 
 
 def test_auto_picks_cpu_quickstart_and_says_so():
-    p = resolve_plan(TrainOptions(), cuda_available=False, cpu_bf16=False)
+    p = resolve_plan(TrainOptions(), cuda_available=False)
     assert p.profile == "cpu_quickstart" and "no CUDA" in p.profile_reason
     assert p.num_train_epochs == 1.0 and p.max_seq_len <= 512 and p.effective_batch_size < 32
     assert p.lora_r == 32 and p.learning_rate == 2e-4  # the default LoRA shape and optimizer are kept
