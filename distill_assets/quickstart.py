@@ -30,6 +30,7 @@ from distill_assets.lib.ledger import open_store
 from distill_assets.lib.settings import dagster_home as dagster_home_env
 from distill_assets.lib.settings import env, get_settings, log_level
 from distill_assets.lib.tasks import load_tasks
+from distill_assets.quickstart_config import QUICKSTART_OPS_CONFIG
 
 # The stage groups, in graph order. "production" is the feedback loop fed by reported failures; the quickstart
 # has none, so it is not part of a fresh run.
@@ -46,19 +47,6 @@ concurrency:
     # 2 CPU cores: more parallel runs only fight over them and over the DuckDB writer lock.
     max_concurrent_runs: 2
 """
-
-
-# The quickstart's run config: a CPU-sized evaluation (the eval_report defaults evaluate every held-out item).
-# classify's short answers are evaluated on every held-out item (the demo's proof needs n >= 40), the other
-# categories on 10 each. Only q8_0 of the GGUF files is evaluated (gguf_export's parity check compares all three
-# with the merged model). The pairwise judge rates only support. hf_batch_size 16: per-token overhead dominates.
-QUICKSTART_OPS_CONFIG: dict[str, dict] = {
-    "eval_report": {"max_examples_per_category": 10, "uncapped_categories": ["classify"], "max_new_tokens": 64,
-                    "judge_max_tokens": 48, "judge_exports": False, "judge_scope": "open_ended",
-                    "gguf_kinds": ["gguf_q8_0"], "hf_batch_size": 16},
-    # a few epochs over the small demo set: the student has to learn the label set from ~50 verified rows
-    "lora_adapter": {"num_train_epochs": 4.0, "effective_batch_size": 4, "per_device_batch_size": 4},
-}
 
 
 class StageFailed(RuntimeError):

@@ -33,6 +33,8 @@ class ChatRequest:
     max_tokens: int = 512
     sample_index: int = 0
     top_p: float | None = None
+    # not an OpenAI parameter (sent only when set); llama.cpp, vLLM and SGLang read it
+    min_p: float | None = None
     # Structured output: a JSON schema the answer must follow (constrained decoding on llama.cpp, vLLM, OpenAI).
     # Small judges then always answer in a readable form, and no call is spent re-asking.
     json_schema: dict | None = None
@@ -52,6 +54,8 @@ class ChatRequest:
         p = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.sample_index}
         if self.top_p is not None:
             p["top_p"] = self.top_p
+        if self.min_p is not None:
+            p["min_p"] = self.min_p
         if self.top_logprobs:
             p["logprobs"], p["top_logprobs"] = True, int(self.top_logprobs)
         if self.json_schema is not None and structured_output != "off":

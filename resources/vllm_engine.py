@@ -39,6 +39,7 @@ class VLLMEngine:
 
         out = []
         params = [SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, top_p=r.top_p or 1.0,
+                                 min_p=r.min_p or 0.0,
                                  seed=r.sample_index, logprobs=r.top_logprobs or None, **self._structured(r))
                   for r in requests]
         t0 = time.monotonic()

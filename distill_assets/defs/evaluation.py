@@ -7,6 +7,7 @@ The `eval_gate` check (checks/eval_report.py) turns the summary into a promotion
 """
 
 import json
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -23,6 +24,7 @@ from distill_assets.lib.evaluation.change import change_sentence
 from distill_assets.lib.evaluation.metrics import MERGED, score_generations
 from distill_assets.lib.evaluation.signal import describe, has_signal
 from distill_assets.lib.evaluation.summary import summary_table
+from distill_assets.lib.export.gguf import cached_f16_gguf
 from distill_assets.lib.settings import get_settings
 from distill_assets.lib.tasks import load_tasks
 from resources.llm import LLMResource
@@ -54,12 +56,20 @@ class EvalReportConfig(dg.Config):
     hf_batch_size: int = Field(default=8, ge=1, description="transformers variants: prompts per generate(); "
                                                            "1 measures one request at a time")
     code_timeout_s: float = Field(default=5.0, gt=0)
+    student_backend: Literal["transformers", "llama.cpp"] = Field(
+        default="transformers", description="llama.cpp: base and merged answer from f16 GGUF files (the merged "
+                                            "one is the parity-checked export), several times faster on CPU")
 
 
 def _upstream_variants(context: dg.AssetExecutionContext, store: DuckDBStore) -> dict:
     """The artifact each upstream materialization in this run's lineage names (or why there is none)."""
     return {asset: upstream_artifact_or_reason(context, store, asset, several=asset == "gguf_export")
             for asset in UPSTREAM}
+
+
+def _base_f16_gguf(spec: vr.VariantSpec) -> Path:
+    name = str(spec.artifact_id or "base").replace(":", "-")
+    return cached_f16_gguf(spec.path, get_settings().artifacts / "eval_gguf" / f"{name}-f16.gguf")
 
 
 @dg.asset(
@@ -81,7 +91,10 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalReportConfig, eva
     run_id = context.run.run_id
     log = context.log.info
 
-    specs = vr.discover_variants(_upstream_variants(context, store), gguf_kinds=tuple(config.gguf_kinds))
+    found = _upstream_variants(context, store)
+    specs = vr.discover_variants(found, gguf_kinds=tuple(config.gguf_kinds))
+    if config.student_backend == "llama.cpp":
+        specs = vr.students_on_llama_cpp(specs, found, _base_f16_gguf, log=context.log.info)
     merged = next((s for s in specs if s.name == MERGED), None)
     version = vr.adapter_version_of(merged)
     items = vr.build_items(eval_df, categories)

@@ -198,8 +198,11 @@ class Category(_Strict):
     generation: Generation = Field(default_factory=Generation)
     samples_per_prompt: int = Field(default=2, ge=1, le=64)
     temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1, description="nucleus cut-off; unset: the server's")
+    min_p: float | None = Field(default=None, ge=0, lt=1, description=(
+        "drop tokens below this share of the top token's probability; unset: the server's (llama.cpp: 0.05). "
+        "Rejection sampling sets 0 so that rarely chosen right answers can be drawn"))
     max_tokens: int = Field(default=512, ge=1, le=32768)
-    generation: Generation = Field(default_factory=Generation)
     verify: VerifyKind = "none"
     labels: list[str] | None = None
     constrain_labels: bool = Field(

@@ -98,13 +98,14 @@ def test_malformed_and_empty_bodies_are_returned_for_the_session_to_judge():
 
 def test_wire_form_bearer_key_and_body(store):
     req = ChatRequest(messages=[{"role": "user", "content": "héllo"}], temperature=0.2, max_tokens=7, sample_index=3,
-                      top_p=0.9)
+                      top_p=0.9, min_p=0.0)
     with Wiretap(keep_bodies=True) as srv:
         llm = LLMResource(base_url=srv.base_url + "/", model="m", api_key="sk-wire", request_timeout_s=2.0)
         with llm.session(store) as s:
             assert s.complete([req])[0].ok
             expected = {"model": "m", "messages": req.messages, **s.params(req)}
     assert srv.bodies == [expected]
+    assert expected["top_p"] == 0.9 and expected["min_p"] == 0.0  # min_p goes out when set, even as 0
     head = srv.heads[0]
     assert head.startswith("POST /v1/chat/completions HTTP/1.1\r\n")  # a trailing slash on base_url is fine
     assert "\r\nAuthorization: Bearer sk-wire\r\n" in head and "\r\nContent-Type: application/json\r\n" in head

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,37 @@ def discover_variants(found: dict[str, Found | dict[str, dict]], *,
     a = found.get("awq_export", "skipped: no awq_export artifact registered")
     specs.append(VariantSpec("awq", "awq", skipped=a) if isinstance(a, str) else export_spec("awq", "awq", a))
     return specs
+
+
+def students_on_llama_cpp(specs: list[VariantSpec], found: dict, base_gguf: Callable[[VariantSpec], str | Path],
+                          log: Callable[[str], None] = print) -> list[VariantSpec]:
+    """The base and merged students answered through llama.cpp instead of transformers (several times faster on
+    CPU). The merged student runs from its f16 GGUF export, whose agreement with the merged weights is the
+    blocking gguf_parity check; the base from an f16 GGUF of its own weights (`base_gguf`), so both run on the
+    same backend at the same precision. A student without such a file stays on transformers and the log says why."""
+    g = found.get("gguf_export")
+    rows = [] if isinstance(g, str) else list((g or {}).values())
+    f16 = next((r for r in rows if r.get("kind") == "gguf_f16"), None)
+    out = []
+    for s in specs:
+        if s.kind != "hf" or s.skipped:
+            out.append(s)
+            continue
+        if s.name == MERGED:
+            if f16 is None or f16.get("parent_artifact_id") not in (None, s.artifact_id):
+                log(f"variant {s.name}: no f16 GGUF export of this merged model; evaluated with transformers")
+                out.append(s)
+                continue
+            path, via = str(f16["path"]), str(f16["artifact_id"])
+        else:
+            try:
+                path, via = str(base_gguf(s)), "f16 GGUF conversion of the base weights"
+            except Exception as e:
+                log(f"variant {s.name}: no f16 GGUF ({type(e).__name__}: {e}); evaluated with transformers")
+                out.append(s)
+                continue
+        out.append(replace(s, kind="gguf", path=path, metadata={**s.metadata, "evaluated_as": via}))
+    return out
 
 
 def merged_of_adapter(store, adapter_version: str) -> VariantSpec | None:

@@ -68,6 +68,22 @@ def convert_to_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = 
     return out_file
 
 
+def cached_f16_gguf(model_dir: str | Path, out_file: str | Path) -> Path:
+    """An f16 GGUF of `model_dir` at `out_file`, converted once: written aside, then renamed, so a file at
+    `out_file` is always complete. Callers name `out_file` after the weights' digest."""
+    out_file = Path(out_file)
+    if out_file.exists():
+        return out_file
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f"{out_file.stem}.tmp{os.getpid()}.gguf")
+    try:
+        convert_to_gguf(model_dir, tmp, "f16")
+        os.replace(tmp, out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_file
+
+
 def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, nthread: int | None = None) -> Path:
     import llama_cpp  # deferred: heavy optional dependency
 

@@ -32,6 +32,39 @@ def test_discover_variants_from_the_upstream_artifacts(tmp_path):
     assert none["gguf_f16"].endswith("never been materialized")  # a missing export is a row with its reason
 
 
+def test_students_move_to_llama_cpp_only_with_a_matching_f16_file(tmp_path):
+    def row(aid, asset, kind, parent):
+        return {"artifact_id": aid, "asset": asset, "kind": kind, "path": str(tmp_path / aid), "sha256": "x",
+                "bytes": 1, "parent_artifact_id": parent, "metadata": {}}
+
+    found = {"student_base_model": row("b1", "student_base_model", "hf_model", None),
+             "merged_model": row("m1", "merged_model", "hf_model", "adapter-7"),
+             "gguf_export": {"f16": row("g0", "gguf_export", "gguf_f16", "m1"),
+                             "q8_0": row("g2", "gguf_export", "gguf_q8_0", "m1")}}
+    asked, logs = [], []
+
+    def base_gguf(spec):
+        asked.append(spec.path)
+        return tmp_path / "b1-f16.gguf"
+
+    specs = vr.discover_variants(found, gguf_kinds=("gguf_q8_0",))
+    moved = {s.name: s for s in vr.students_on_llama_cpp(specs, found, base_gguf, log=logs.append)}
+    assert moved["merged_student"].kind == "gguf" and moved["merged_student"].path == str(tmp_path / "g0")
+    assert moved["merged_student"].artifact_id == "m1"  # still the merged model: its adapter version is kept
+    assert moved["base_student"].kind == "gguf" and moved["base_student"].path == str(tmp_path / "b1-f16.gguf")
+    assert asked == [str(tmp_path / "b1")] and moved["gguf_q8_0"].path == str(tmp_path / "g2") and not logs
+
+    # an f16 file of another merged model, or a base that cannot be converted: transformers, and the log says so
+    stale = {**found, "gguf_export": {"f16": row("g0", "gguf_export", "gguf_f16", "m0")}}
+
+    def broken(spec):
+        raise RuntimeError("convert_hf_to_gguf failed")
+
+    kept = {s.name: s for s in vr.students_on_llama_cpp(vr.discover_variants(stale), stale, broken, log=logs.append)}
+    assert kept["merged_student"].kind == "hf" and kept["base_student"].kind == "hf"
+    assert any("no f16 GGUF export" in m for m in logs) and any("convert_hf_to_gguf failed" in m for m in logs)
+
+
 def test_merged_of_adapter_names_the_adapter(tmp_path):
     store = open_store(str(tmp_path / "d.duckdb"))
     for aid, parent in (("merged_model:a", "lora_adapter:A"), ("merged_model:b", "lora_adapter:B")):

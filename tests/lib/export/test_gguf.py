@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
+from distill_assets.lib.export import gguf as gguf_mod
 from distill_assets.lib.export.gguf import (
+    cached_f16_gguf,
     chatml_modelfile,
     check_converter_gguf,
     export_gguf,
@@ -80,3 +82,21 @@ def test_modelfile_without_chatml():
         eos_token = "</s>"
 
     assert 'PARAMETER stop "</s>"' in chatml_modelfile("m.gguf", Tok())
+
+
+def test_cached_f16_gguf_converts_once_and_never_leaves_a_partial_file(exported, tmp_path, monkeypatch):
+    merged, _, _ = exported
+    out = tmp_path / "eval" / "base-f16.gguf"
+    assert cached_f16_gguf(merged, out) == out and out.read_bytes()[:4] == b"GGUF"
+    calls = []
+    monkeypatch.setattr(gguf_mod, "convert_to_gguf", lambda *a, **k: calls.append(a))
+    assert cached_f16_gguf(merged, out) == out and not calls  # the file is there: no second conversion
+
+    def half_written(model_dir, out_file, outtype):
+        out_file.write_bytes(b"GGUF partial")
+        raise RuntimeError("convert_hf_to_gguf failed")
+
+    monkeypatch.setattr(gguf_mod, "convert_to_gguf", half_written)
+    with pytest.raises(RuntimeError, match="failed"):
+        cached_f16_gguf(merged, tmp_path / "other" / "m-f16.gguf")
+    assert list((tmp_path / "other").iterdir()) == []  # the partial file was removed, nothing was named as done
