@@ -208,8 +208,9 @@ class Category(_Strict):
     constrain_labels: bool = Field(
         default=True, description="label categories: the teacher answers through a schema of the label set")
     label_order: Literal["fixed", "rotate"] = Field(
-        default="fixed", description="rotate: the teacher's prompt lists the labels in a per-message rotated order, "
-                                     "so a weak teacher's preference for the first-listed label is spread evenly")
+        default="fixed", description="rotate: the teacher's prompt lists the labels in an order rotated per message "
+                                     "and sample, so a weak teacher's preference for the first-listed label is "
+                                     "spread evenly")
     tools: list[ToolSpec] | None = Field(default=None, description="functions the teacher may call (OpenAI form)")
     conversation_turns: int = Field(
         default=1, ge=1, le=8, description="assistant turns per generated conversation: after each teacher answer "

@@ -64,8 +64,8 @@ def _take(seeds: list[dict], count: int | None) -> list[dict]:
 
 def _answer_request(category: Category, turns: list[dict], method: str, sample_index: int) -> ChatRequest:
     # only answers are trained on, so only they carry logprobs
-    return ChatRequest(answer_messages(category, turns, method), category.temperature, category.max_tokens,
-                       sample_index=sample_index, top_p=category.top_p, min_p=category.min_p,
+    return ChatRequest(answer_messages(category, turns, method, sample_index), category.temperature,
+                       category.max_tokens, sample_index=sample_index, top_p=category.top_p, min_p=category.min_p,
                        tools=category.tools_json(), json_schema=label_schema(category),
                        schema_name="label", top_logprobs=category.generation.logprobs or None)
 

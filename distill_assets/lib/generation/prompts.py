@@ -64,14 +64,16 @@ _LABELS = re.compile(r"^\s*(?:#*\s*(?:rewritten|new|evolved)\s+instruction#*\s*:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def answer_messages(category: Category, turns: list[dict], method: str) -> list[dict]:
+def answer_messages(category: Category, turns: list[dict], method: str, sample_index: int = 0) -> list[dict]:
     """What the teacher is sent to answer the last user turn of `turns` (the conversation without system). The
     student trains on `training_messages`, with the plain system prompt."""
     turns = [dict(m) for m in turns]
     last = turns[-1]["content"] if turns and turns[-1]["role"] == "user" else None
     system = category.system_prompt
     if category.verify == "label" and category.labels and category.label_order == "rotate" and last is not None:
-        k = int(content_hash("label_order", last), 16) % len(category.labels)
+        # each sample of a message starts the list at the next label (permutation self-consistency): a weak
+        # teacher's lean towards the label it reads first is spread over the labels, not fixed per message
+        k = (int(content_hash("label_order", last), 16) + sample_index) % len(category.labels)
         order = category.labels[k:] + category.labels[:k]
         system = f"{system}\nThe possible labels: {', '.join(order)}."
     if method == "cot" and last is not None:

@@ -1,4 +1,5 @@
-"""A category's sampling settings reach its answer requests; min_p goes on the wire only when set."""
+"""A category's sampling settings reach its answer requests; min_p goes on the wire only when set; label
+categories rotate the label list per sample."""
 
 import pytest
 
@@ -34,3 +35,16 @@ def test_an_out_of_range_min_p_names_its_line(tmp_path):
     with pytest.raises(InputErrors) as exc:
         _category(tmp_path, "    min_p: 1.5\n")
     assert exc.value.errors[0].field == "categories.0.min_p" and exc.value.errors[0].line == 8
+
+
+def test_rotated_labels_start_at_another_label_in_each_sample(tmp_path):
+    (tmp_path / "s.jsonl").write_text('{"prompt": "Where is my parcel?", "reference": "b"}\n')
+    (tmp_path / "e.jsonl").write_text('{"prompt": "Say what", "reference": "a"}\n')
+    (tmp_path / "t.yaml").write_text(HEAD + "    verify: label\n    labels: [a, b, c]\n    label_order: rotate\n"
+                                     "    samples_per_prompt: 3\n    methods: {response: {}}\n")
+    cat = parse_task_file(tmp_path / "t.yaml").categories[0]
+    answers = [s.request for s in initial_steps(cat, load_seed_file(cat.seeds, cat)) if s.kind == "answer"]
+    lists = [r.messages[0]["content"].rsplit("The possible labels: ", 1)[1] for r in answers]
+    assert len(lists) == 3 and len(set(lists)) == 3  # every label comes first once over three samples
+    assert {x.split(",")[0] for x in lists} == {"a", "b", "c"}
+    assert all(sorted(x.rstrip(".").split(", ")) == ["a", "b", "c"] for x in lists)
