@@ -2,7 +2,7 @@
 `run_variants`, which generates with each runnable one (backends in generate.py).
 
 Variants: the teacher (through the teacher resource and its call cache), the base student and the merged
-student (transformers), each GGUF export (llama.cpp in a worker process) and the AWQ export (vLLM, CUDA only).
+student (transformers, or llama.cpp from f16 GGUF files: `students_on_llama_cpp`), each GGUF export (llama.cpp in a worker process) and the AWQ export (vLLM, CUDA only).
 A variant that cannot run here, or fails, is one efficiency row with its reason, never a silent gap.
 """
 
