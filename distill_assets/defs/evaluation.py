@@ -58,7 +58,7 @@ class EvalReportConfig(dg.Config):
     code_timeout_s: float = Field(default=5.0, gt=0)
     student_backend: Literal["transformers", "llama.cpp"] = Field(
         default="transformers", description="llama.cpp: base and merged answer from f16 GGUF files (the merged "
-                                            "one is the parity-checked export), several times faster on CPU")
+                                            "one is the parity-checked export), on the backend the exports use")
 
 
 def _upstream_variants(context: dg.AssetExecutionContext, store: DuckDBStore) -> dict:

@@ -103,8 +103,8 @@ def discover_variants(found: dict[str, Found | dict[str, dict]], *,
 
 def students_on_llama_cpp(specs: list[VariantSpec], found: dict, base_gguf: Callable[[VariantSpec], str | Path],
                           log: Callable[[str], None] = print) -> list[VariantSpec]:
-    """The base and merged students answered through llama.cpp instead of transformers (several times faster on
-    CPU). The merged student runs from its f16 GGUF export, whose agreement with the merged weights is the
+    """The base and merged students answered through llama.cpp instead of transformers, on the same backend as
+    the GGUF exports and at half the memory of fp32. The merged student runs from its f16 GGUF export, whose agreement with the merged weights is the
     blocking gguf_parity check; the base from an f16 GGUF of its own weights (`base_gguf`), so both run on the
     same backend at the same precision. A student without such a file stays on transformers and the log says why."""
     g = found.get("gguf_export")
