@@ -2,7 +2,8 @@
 `run_variants`, which generates with each runnable one (backends in generate.py).
 
 Variants: the teacher (through the teacher resource and its call cache), the base student and the merged
-student (transformers, or llama.cpp from f16 GGUF files: `students_on_llama_cpp`), each GGUF export (llama.cpp in a worker process) and the AWQ export (vLLM, CUDA only).
+student (transformers, or llama.cpp from f16 GGUF files: `students_on_llama_cpp`), each GGUF export (llama.cpp
+in a worker process) and the AWQ export (vLLM, CUDA only).
 A variant that cannot run here, or fails, is one efficiency row with its reason, never a silent gap.
 """
 
@@ -103,10 +104,11 @@ def discover_variants(found: dict[str, Found | dict[str, dict]], *,
 
 def students_on_llama_cpp(specs: list[VariantSpec], found: dict, base_gguf: Callable[[VariantSpec], str | Path],
                           log: Callable[[str], None] = print) -> list[VariantSpec]:
-    """The base and merged students answered through llama.cpp instead of transformers, on the same backend as
-    the GGUF exports and at half the memory of fp32. The merged student runs from its f16 GGUF export, whose agreement with the merged weights is the
-    blocking gguf_parity check; the base from an f16 GGUF of its own weights (`base_gguf`), so both run on the
-    same backend at the same precision. A student without such a file stays on transformers and the log says why."""
+    """The base and merged students answered through llama.cpp instead of transformers, on the backend the GGUF
+    exports use and at half the memory of fp32. The merged student runs from its f16 GGUF export, whose agreement
+    with the merged weights is the blocking gguf_parity check; the base from an f16 GGUF of its own weights
+    (`base_gguf`), so both run at the same precision. A student without such a file stays on transformers and
+    the log says why."""
     g = found.get("gguf_export")
     rows = [] if isinstance(g, str) else list((g or {}).values())
     f16 = next((r for r in rows if r.get("kind") == "gguf_f16"), None)
