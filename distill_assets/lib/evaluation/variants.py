@@ -109,28 +109,27 @@ def students_on_llama_cpp(specs: list[VariantSpec], found: dict, base_gguf: Call
     with the merged weights is the blocking gguf_parity check; the base from an f16 GGUF of its own weights
     (`base_gguf`), so both run at the same precision. A student without such a file stays on transformers and
     the log says why."""
-    g = found.get("gguf_export")
-    rows = [] if isinstance(g, str) else list((g or {}).values())
-    f16 = next((r for r in rows if r.get("kind") == "gguf_f16"), None)
+    # the f16 file as discover_variants sees it: missing, skipped, or stale (made from another merged model)
+    f16 = next((v for v in discover_variants(found, gguf_kinds=("gguf_f16",)) if v.name == "gguf_f16"), None)
     out = []
     for s in specs:
         if s.kind != "hf" or s.skipped:
             out.append(s)
             continue
         if s.name == MERGED:
-            if f16 is None or f16.get("parent_artifact_id") not in (None, s.artifact_id):
+            if f16 is None or f16.skipped:
                 log(f"variant {s.name}: no f16 GGUF export of this merged model; evaluated with transformers")
                 out.append(s)
                 continue
-            path, via = str(f16["path"]), str(f16["artifact_id"])
+            path = f16.path
         else:
             try:
-                path, via = str(base_gguf(s)), "f16 GGUF conversion of the base weights"
+                path = str(base_gguf(s))
             except Exception as e:
                 log(f"variant {s.name}: no f16 GGUF ({type(e).__name__}: {e}); evaluated with transformers")
                 out.append(s)
                 continue
-        out.append(replace(s, kind="gguf", path=path, metadata={**s.metadata, "evaluated_as": via}))
+        out.append(replace(s, kind="gguf", path=path))
     return out
 
 
