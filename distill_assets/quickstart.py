@@ -306,10 +306,9 @@ def latest_report(reports_dir: Path | None = None) -> Path | None:
 
 def artifact_rows() -> list[dict]:
     """The latest artifact per asset from the `artifacts` table (path, bytes), or [] before the first export."""
-    db = get_settings().database
-    if not db.exists():
+    if not get_settings().store.is_lake and not get_settings().database.exists():
         return []
-    store = open_store(str(db))
+    store = open_store()
     if not store.table_exists("artifacts"):
         return []
     df = store.query_df(

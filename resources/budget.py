@@ -114,26 +114,34 @@ class SharedBudget:
 
     def _claim(self, est_usd: float, est_tokens: int) -> bool:
         """Claim headroom for up to `claim_calls` calls like this one; False when not even one fits."""
-        with self.store.connect() as conn:
-            spent_usd, spent_tokens = self._spent(conn)
-            other_usd, other_tokens = self._others(conn)
-            mine_usd, mine_tokens = self.grant_usd + self.inflight_usd, self.grant_tokens + self.inflight_tokens
-            free_usd = None if self.max_usd is None else self.max_usd - spent_usd - other_usd - mine_usd
-            free_tokens = None if self.max_tokens is None else self.max_tokens - spent_tokens - other_tokens - mine_tokens
-            if (free_usd is not None and free_usd < est_usd) or (free_tokens is not None and free_tokens < est_tokens):
-                self.exhausted = self._message(spent_usd, spent_tokens, other_usd, other_tokens)
-                self._write(conn)
-                return False
-            n = self.claim_calls
-            if free_usd is not None and est_usd > 0:
-                n = min(n, int(free_usd // est_usd))
-            if free_tokens is not None and est_tokens > 0:
-                n = min(n, int(free_tokens // est_tokens))
-            n = max(1, n)
-            self.grant_usd += n * est_usd
-            self.grant_tokens += n * est_tokens
+        before = (self.grant_usd, self.grant_tokens, self.exhausted)
+
+        def claim(conn) -> bool:  # may run again after a lake commit conflict: start from the same state
+            self.grant_usd, self.grant_tokens, self.exhausted = before
+            return self._claim_in(conn, est_usd, est_tokens)
+
+        return self.store.transact(claim)
+
+    def _claim_in(self, conn, est_usd: float, est_tokens: int) -> bool:
+        spent_usd, spent_tokens = self._spent(conn)
+        other_usd, other_tokens = self._others(conn)
+        mine_usd, mine_tokens = self.grant_usd + self.inflight_usd, self.grant_tokens + self.inflight_tokens
+        free_usd = None if self.max_usd is None else self.max_usd - spent_usd - other_usd - mine_usd
+        free_tokens = None if self.max_tokens is None else self.max_tokens - spent_tokens - other_tokens - mine_tokens
+        if (free_usd is not None and free_usd < est_usd) or (free_tokens is not None and free_tokens < est_tokens):
+            self.exhausted = self._message(spent_usd, spent_tokens, other_usd, other_tokens)
             self._write(conn)
-            return True
+            return False
+        n = self.claim_calls
+        if free_usd is not None and est_usd > 0:
+            n = min(n, int(free_usd // est_usd))
+        if free_tokens is not None and est_tokens > 0:
+            n = min(n, int(free_tokens // est_tokens))
+        n = max(1, n)
+        self.grant_usd += n * est_usd
+        self.grant_tokens += n * est_tokens
+        self._write(conn)
+        return True
 
     def _message(self, spent_usd: float, spent_tokens: int, other_usd: float, other_tokens: int) -> str:
         parts = []
@@ -173,11 +181,11 @@ class SharedBudget:
         """Re-date this session's reservation: a batch job can be polled for hours, longer than STALE_AFTER."""
         if not self.active:
             return
-        with self._lock, self.store.connect() as conn:
-            self._write(conn)
+        with self._lock:
+            self.store.transact(self._write)
 
     def close(self) -> None:
         if not self.active:
             return
-        with self.store.connect() as conn:
-            conn.execute("DELETE FROM budget_reservations WHERE session_id = ?", [self.session_id])
+        self.store.transact(lambda conn: conn.execute("DELETE FROM budget_reservations WHERE session_id = ?",
+                                                      [self.session_id]))

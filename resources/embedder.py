@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from resources.store import DuckDBStore, insert_df
+from resources.store import DuckDBStore
 
 
 def text_hash(text: str) -> str:
@@ -85,6 +85,5 @@ class EmbedderResource(dg.ConfigurableResource):
             for h, v in zip(missing, vecs):
                 known[h] = v
             rows = pd.DataFrame({"model": self.model_name, "text_hash": missing, "vector": [v.tolist() for v in vecs]})
-            with store.connect() as conn:
-                insert_df(conn, "embeddings", rows, on_conflict="ignore")
+            store.insert_df("embeddings", rows, on_conflict="ignore")
         return np.stack([known[h] for h in hashes]).astype(np.float32)

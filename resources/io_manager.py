@@ -11,6 +11,9 @@ a filter stage's lineage verdicts: a crash leaves the table and its verdicts bot
 says so with output metadata `lineage_stage` (the verdicts are then the frame's keep/verdict/reason/evidence
 columns), or returns a `StageTable` when its verdict rows are not its table rows (clean_dataset). The DDL of
 both side tables is the ledger's (`schema_sql`, from lib/ledger.py).
+
+On a DuckLake store the same transaction is retried as a whole when its commit conflicts, and a read records
+the lake snapshot it read in the frame's `attrs["store_version"]` ("snapshot:<id>"), the dataset version.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from resources.store import ensure_schema, locked_connection, table_exists, utcnow
+from resources import lake
+from resources.store import DuckDBStore, insert_df, is_lake_connection, table_exists, utcnow
 
 LINEAGE_STAGE = "lineage_stage"  # output metadata: this output's rows are that stage's verdicts
 PARTITIONS_TABLE = "_distill_partitions"
@@ -72,7 +76,8 @@ def write_table(conn, schema: str, table: str, obj: pd.DataFrame, partition_expr
     """Replace `partition_keys` of `table` (or the whole table when unpartitioned) with `obj`."""
     name = f"{schema}.{table}"
     obj = normalize_frame(obj)
-    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    if schema != "main" or not is_lake_connection(conn):  # a no-op DDL on the lake would still commit
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     conn.register("_distill_out", obj)
     try:
         if not table_exists(conn, table, schema):
@@ -84,7 +89,8 @@ def write_table(conn, schema: str, table: str, obj: pd.DataFrame, partition_expr
         else:
             conn.execute(f"DELETE FROM {name}")
         have = {r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+            "AND table_schema = ? AND table_name = ?",
             [schema, table]).fetchall()}
         for col in obj.columns:  # a newer code version may add columns
             if col not in have:
@@ -122,8 +128,9 @@ def mark_written(conn, schema: str, table: str, obj: pd.DataFrame, partition_exp
     else:
         counts = {keys[0]: len(obj)} if len(keys) == 1 else {}
     now = utcnow()
-    conn.executemany(f"INSERT OR REPLACE INTO {PARTITIONS_TABLE} VALUES (?, ?, ?, ?, ?)",
-                     [[f"{schema}.{table}", k, int(counts.get(k, 0)), run_id, now] for k in keys])
+    rows = pd.DataFrame({"asset_table": f"{schema}.{table}", "partition_key": keys,
+                         "row_count": [int(counts.get(k, 0)) for k in keys], "run_id": run_id, "written_at": now})
+    insert_df(conn, PARTITIONS_TABLE, rows, on_conflict="replace")
 
 
 def missing_partitions(conn, schema: str, table: str, partition_keys: list[str] | None) -> list[str]:
@@ -148,14 +155,7 @@ def write_lineage(conn, stage: StageTable, partition_keys: list[str], database: 
     if keys:
         marks, params = _in_list(keys)
         conn.execute(f"DELETE FROM lineage WHERE stage = ? AND category IN ({marks})", [stage.stage, *params])
-    if rows.empty:
-        return
-    conn.register("_distill_lineage", rows)
-    try:
-        cols = ", ".join(f'"{c}"' for c in rows.columns)
-        conn.execute(f"INSERT OR REPLACE INTO lineage ({cols}) SELECT {cols} FROM _distill_lineage")
-    finally:
-        conn.unregister("_distill_lineage")
+    insert_df(conn, "lineage", rows, on_conflict="replace")
 
 
 def verdict_rows(frame: pd.DataFrame, stage: str, partition_expr: str | None, partition_keys: list[str],
@@ -187,6 +187,8 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
     database: str = Field(description="Path of the DuckDB file ($DISTILL_HOME/distill.duckdb).")
     schema_: str | None = Field(default=None, alias="schema",
                                 description="schema of the asset tables; `main`, beside the side tables")
+    catalog: str | None = Field(default=None, description="DuckLake: the Postgres catalog DSN (DISTILL_STORE).")
+    data_path: str | None = Field(default=None, description="DuckLake: the Parquet folder or s3:// prefix.")
     lock_timeout_s: float = 900.0
     schema_sql: list[str] = Field(default_factory=list,
                                   description="Idempotent CREATE statements (the ledger's) run on first use.")
@@ -194,6 +196,11 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
     @property
     def _schema(self) -> str:
         return self.schema_ or "main"
+
+    @property
+    def _store(self) -> DuckDBStore:
+        return DuckDBStore(database=self.database, catalog=self.catalog, data_path=self.data_path,
+                           lock_timeout_s=self.lock_timeout_s, schema_sql=self.schema_sql)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | StageTable) -> None:
         if obj is None:
@@ -211,16 +218,18 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
             stage = StageTable(table=frame, stage=str(named),
                                lineage=verdict_rows(frame, str(named), expr, keys, context.run_id))
         table = _table(context.asset_key)
-        with locked_connection(self.database, self.lock_timeout_s) as conn:  # one transaction for all of it
-            ensure_schema(conn, self.database, self.schema_sql)
+
+        def write(conn) -> None:  # one transaction for all of it
             write_table(conn, self._schema, table, frame, expr, keys)
             mark_written(conn, self._schema, table, frame, expr, keys, context.run_id, self.database)
             if stage is not None:
                 write_lineage(conn, stage, keys, self.database)
+
+        self._store.transact(write)
         rows = {"dagster/partition_row_count": len(frame)} if keys else {"dagster/row_count": len(frame)}
         context.add_output_metadata({
             **rows,
-            "dagster/storage_kind": "duckdb",
+            "dagster/storage_kind": "ducklake" if self.catalog else "duckdb",
             "dataframe_columns": dg.MetadataValue.table_schema(
                 dg.TableSchema(columns=[dg.TableColumn(name=str(n), type=str(t)) for n, t in frame.dtypes.items()])
             ),
@@ -231,10 +240,11 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
         expr = _partition_expr(upstream.definition_metadata if upstream is not None else None)
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else None
         table = _table(context.asset_key)
-        with locked_connection(self.database, self.lock_timeout_s) as conn:
-            ensure_schema(conn, self.database, self.schema_sql)
+        store = self._store
+        with store.connect() as conn:
             missing = missing_partitions(conn, self._schema, table, keys)
             df = None if missing else read_table(conn, self._schema, table, expr, keys)
+            version = f"snapshot:{lake.current_snapshot(conn)}" if is_lake_connection(conn) else None
         if missing and (context.definition_metadata or {}).get("allow_missing"):
             # the consumer takes what exists (e.g. training on the categories materialized so far) or has its own
             # fallback (the task's eval file for eval_set); the log says what was missing
@@ -243,13 +253,20 @@ class DistillDuckDBIOManager(dg.ConfigurableIOManager):
             present = [k for k in (keys or []) if k not in missing]
             if not present:
                 return pd.DataFrame()
-            with locked_connection(self.database, self.lock_timeout_s) as conn:
+            with store.connect() as conn:
                 df = read_table(conn, self._schema, table, expr, present)
-            return pd.DataFrame() if df is None else df
+                version = f"snapshot:{lake.current_snapshot(conn)}" if is_lake_connection(conn) else None
+            return _versioned(pd.DataFrame() if df is None else df, version)
         if missing:
             name = context.asset_key.to_user_string()
             what = ", ".join(f"{name}[{k}]" for k in missing) if missing != [UNPARTITIONED] else name
             one = len(missing) == 1
             raise dg.Failure(f"{what} {'has' if one else 'have'} never been materialized: materialize "
                              f"{('that partition' if keys else 'it') if one else 'them'} first")
-        return pd.DataFrame() if df is None else df
+        return _versioned(pd.DataFrame() if df is None else df, version)
+
+
+def _versioned(df: pd.DataFrame, version: str | None) -> pd.DataFrame:
+    if version:
+        df.attrs["store_version"] = version  # the lake snapshot these rows were read at
+    return df

@@ -44,7 +44,9 @@ PIP_HINT = (f"pip install duckdb=={PACKAGED_VERSION} duckdb-extension-ducklake==
             f"duckdb-extension-postgres-scanner=={PACKAGED_VERSION}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # commit failures that a fresh run of the same transaction can get past
-_RETRYABLE = ("Transaction conflict", "duplicate key value violates unique constraint")
+# ("Failed to initialize DuckLake": processes attaching a new lake at once race to create its catalog tables)
+_RETRYABLE = ("Transaction conflict", "duplicate key value violates unique constraint",
+              "Failed to initialize DuckLake")
 
 
 class CommitConflictError(RuntimeError):
@@ -263,3 +265,113 @@ def set_commit_message(con: duckdb.DuckDBPyConnection, author: str, message: str
 def snapshots(con: duckdb.DuckDBPyConnection, alias: str = "lake") -> pd.DataFrame:
     """Every snapshot: snapshot_id, snapshot_time, schema_version, changes, author, commit_message, …"""
     return con.execute(f"SELECT * FROM {_ident(alias, 'alias')}.snapshots() ORDER BY snapshot_id").df()
+
+
+# -- the ledger's DDL on a lake -----------------------------------------------------------------------------
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*)\)\s*$", re.S | re.I)
+_CREATE_VIEW = re.compile(r"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?(\w+)", re.I)
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", re.I)
+_KEY_CLAUSE = re.compile(r",\s*PRIMARY KEY\s*\(([^)]*)\)", re.I)
+_INLINE_KEY = re.compile(r"(\w+)\s+(\w+(?:\[\])?)\s+PRIMARY KEY", re.I)
+
+
+def lake_ddl(statements: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The statements with PRIMARY KEYs taken out (DuckLake has none), and each table's key columns, which
+    the writers enforce instead (`insert_rows`)."""
+    out, keys = [], {}
+    for sql in statements:
+        m = _CREATE_TABLE.match(sql.strip())
+        if m:
+            body = m.group(2)
+            clause = _KEY_CLAUSE.search(body)
+            if clause:
+                keys[m.group(1)] = [c.strip().strip('"') for c in clause.group(1).split(",")]
+                body = _KEY_CLAUSE.sub("", body)
+            inline = _INLINE_KEY.search(body)
+            if inline:
+                keys[m.group(1)] = [inline.group(1)]
+                body = _INLINE_KEY.sub(r"\1 \2", body)
+            sql = f"CREATE TABLE IF NOT EXISTS {m.group(1)} ({body})"
+        out.append(sql)
+    return out, keys
+
+
+def schema_complete(con: duckdb.DuckDBPyConnection, statements: Sequence[str], keys: dict[str, list[str]]) -> bool:
+    """Whether every table, view, guard and migrated column of `statements` is already in the lake: then a
+    process opening it commits no DDL (a no-op DDL commit would still collide with concurrent writers)."""
+    have = {(r[0], r[1]) for r in con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = 'main'").fetchall()}
+    names = {n for n, _ in have}
+    for sql in statements:
+        for pattern in (_CREATE_TABLE, _CREATE_VIEW):
+            m = pattern.match(sql.strip())
+            if m and m.group(1) not in names:
+                return False
+    if any(guard_table(t) not in names for t in keys):
+        return False
+    cols = {(r[0], r[1]) for r in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+        "AND table_schema = 'main'").fetchall()}
+    return all((m.group(1), m.group(2)) in cols for m in map(_ADD_COLUMN.match, statements) if m)
+
+
+def create_schema(con: duckdb.DuckDBPyConnection, statements: Sequence[str], keys: dict[str, list[str]]) -> None:
+    """Run the (key-less) DDL and create each keyed table's guard row, as one retried transaction."""
+    def once() -> None:
+        with transaction(con):
+            for sql in statements:
+                con.execute(sql)
+            for table in keys:
+                name = guard_table(table)
+                con.execute(f"CREATE TABLE IF NOT EXISTS {name} (bumps BIGINT)")
+                con.execute(f"INSERT INTO {name} SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {name})")
+
+    if not schema_complete(con, statements, keys):
+        run_with_retry(once)
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, keys: Sequence[str] | None,
+                on_conflict: str = "error") -> int:
+    """Inside a transaction: what INSERT / INSERT OR IGNORE / INSERT OR REPLACE do on a keyed DuckDB table.
+
+    A keyed table's guard is bumped first, so two writers of the same new key collide and one retries.
+    'error' fails like a primary key would, naming the first repeated key."""
+    if df.empty:
+        return 0
+    if not table_exists(con, table):
+        view = f"_create_{_ident(table, 'table')}"
+        con.register(view, df)
+        try:
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM {view}")
+        finally:
+            con.unregister(view)
+        return len(df)
+    if keys:
+        guard(con, table)
+        if on_conflict != "error":
+            return upsert_df(con, table, df, keys, on_conflict=on_conflict)
+        _check_new_keys(con, table, df, keys)
+    view = f"_insert_{_ident(table, 'table')}"
+    con.register(view, df)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+    finally:
+        con.unregister(view)
+    return len(df)
+
+
+def _check_new_keys(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, keys: Sequence[str]) -> None:
+    repeated = df[df.duplicated(list(keys), keep=False)]
+    if repeated.empty:
+        view = f"_keys_{_ident(table, 'table')}"
+        con.register(view, df[list(keys)])
+        try:
+            on = " AND ".join(f't."{k}" IS NOT DISTINCT FROM s."{k}"' for k in keys)
+            repeated = con.execute(f"SELECT s.* FROM {view} s JOIN {table} t ON {on} LIMIT 1").df()
+        finally:
+            con.unregister(view)
+    if not repeated.empty:
+        key = ", ".join(f"{k}: {repeated.iloc[0][k]}" for k in keys)
+        raise duckdb.ConstraintException(f'Constraint Error: Duplicate key "{key}" violates primary key '
+                                         f"constraint of {table} (enforced by distill on the lake)")

@@ -89,13 +89,12 @@ class _BatchRun:
     def _submitted(self, batch_id: str, file_id: str, ids: list[str]) -> None:
         """Runs before the first poll (BatchClient.run): from here on a rerun resumes this job."""
         now = utcnow()
-        with self.s.store.connect() as conn:
-            conn.execute(
+        self.s.store.transact(lambda conn: conn.execute(
                 "INSERT INTO teacher_batches (batch_id, role, model, base_url, category, run_id, input_file_id, "
                 "call_keys, status, created_at, updated_at, completed_at, counts) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'submitted', ?, ?, NULL, NULL)",
                 [batch_id, self.s.cfg.role, self.s.model, self.url, self.category, self.s.run_id, file_id,
-                 json.dumps(ids), now, now])
+                 json.dumps(ids), now, now]))
         self.category_of[batch_id] = self.category
         self.s.log.info(f"{self.label}: submitted batch {batch_id} ({len(ids)} request(s), input file {file_id}) "
                         f"to {self.url}")

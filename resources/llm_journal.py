@@ -60,9 +60,10 @@ def replay_journals(store: DuckDBStore, directory: Path) -> int:
             if rows:
                 frame = pd.DataFrame(rows).drop(columns=[JOURNAL_KEY], errors="ignore")
                 frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
-                with store.connect() as conn:
-                    insert_df(conn, "teacher_calls", _latest_per_key(frame), on_conflict="replace")
-                    insert_df(conn, "teacher_logprobs", logprob_frame(rows), on_conflict="replace")
+                calls, logprobs = _latest_per_key(frame), logprob_frame(rows)
+                store.transact(lambda conn, c=calls, lp=logprobs: (
+                    insert_df(conn, "teacher_calls", c, on_conflict="replace"),
+                    insert_df(conn, "teacher_logprobs", lp, on_conflict="replace")))
                 recovered += len(rows)
         path.unlink(missing_ok=True)
     return recovered

@@ -134,9 +134,13 @@ class LLMSession:
         frame = pd.DataFrame(batch, columns=LEDGER_COLUMNS)
         frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
         try:
-            with self.store.connect() as conn:  # one transaction: a call and its logprobs land together
-                insert_df(conn, "teacher_calls", _latest_per_key(frame), on_conflict="replace")
-                insert_df(conn, "teacher_logprobs", logprob_frame(batch), on_conflict="replace")
+            calls, logprobs = _latest_per_key(frame), logprob_frame(batch)
+
+            def write(conn) -> None:  # one transaction: a call and its logprobs land together
+                insert_df(conn, "teacher_calls", calls, on_conflict="replace")
+                insert_df(conn, "teacher_logprobs", logprobs, on_conflict="replace")
+
+            self.store.transact(write)
         except BaseException:
             with self._swap:
                 self.pending = batch + self.pending

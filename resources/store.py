@@ -1,4 +1,8 @@
-"""The DuckDB store: one file, many processes, no lock failures, no half-written partitions.
+"""The store: a DuckDB file (the default) or a DuckLake (many writers), no lock failures, no half-written partitions.
+
+On a DuckLake (`catalog` set: a Postgres DSN; Parquet under `data_path`) there is no lock: writers run in
+parallel and a write is `transact(fn)`, run again as a whole when its commit collides with one that landed
+first. The ledger's primary keys are enforced by the writers there (resources/lake.py). Below, the file store.
 
 DuckDB allows one read-write process per file. Instead of retrying the open (dagster-duckdb retries 10 times
 over ~100 s and then fails a backfill), every access takes an exclusive `flock` on a sidecar lock file, so
@@ -21,16 +25,21 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dagster as dg
 import duckdb
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
+from resources import lake
+
+T = TypeVar("T")
 _local = threading.local()
 _thread_lock = threading.RLock()
 _DUCKDB_LOCKED = "Could not set lock on file"
@@ -181,51 +190,160 @@ def read_only_connection(database: str | Path, timeout_s: float) -> Iterator[duc
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str, schema: str = "main") -> bool:
     return bool(
         conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = ? AND table_name = ?",
             [schema, table],
         ).fetchall()[0][0]
     )
 
 
-class DuckDBStore(dg.ConfigurableResource):
-    """The project's DuckDB file: transactions under a cross-process lock, inserts by column name, queries."""
+# -- DuckLake connections: one per thread and lake, kept open (attaching costs a catalog round trip) --------
+_LAKE_KEYS: dict[int, dict[str, list[str]]] = {}  # id(connection) -> the ledger's keys, for insert_df
+_retries = {"conflicts": 0}
 
-    database: str = Field(description="Path of the DuckDB file ($DISTILL_HOME/distill.duckdb).")
+
+def conflicts_retried() -> int:
+    """How many lake commits this process has run again after a conflict (for tests and benchmarks)."""
+    return _retries["conflicts"]
+
+
+def _lake_connection(catalog: str, data_path: str, statements: list[str]) -> duckdb.DuckDBPyConnection:
+    cache = getattr(_local, "lakes", None)
+    if cache is None:
+        cache = _local.lakes = {}
+    key = (catalog, data_path, hash(tuple(statements)))
+    if key not in cache:
+        con = lake.run_with_retry(lambda: lake.connect_ducklake(catalog, data_path), attempts=20)
+        ddl, keys = lake.lake_ddl(statements)
+        lake.create_schema(con, ddl, keys)
+        _LAKE_KEYS[id(con)] = keys
+        cache[key] = con
+    return cache[key]
+
+
+@contextmanager
+def lake_transaction(catalog: str, data_path: str, statements: list[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One lake transaction (nested use joins the outer one). A conflicting COMMIT raises; `transact` retries."""
+    name = f"ducklake:{catalog}|{data_path}"
+    active = getattr(_local, "active", None)
+    if active is not None and active[0] == name:
+        yield active[1]
+        return
+    conn = _lake_connection(catalog, data_path, statements)
+    with lake.transaction(conn):
+        _local.active = (name, conn)
+        try:
+            yield conn
+        finally:
+            _local.active = None
+
+
+class DuckDBStore(dg.ConfigurableResource):
+    """The project's store: transactions (under a cross-process lock on a file; retried on a lake), inserts by
+    column name, queries."""
+
+    database: str = Field(description="Path of the DuckDB file ($DISTILL_HOME/distill.duckdb); on a DuckLake "
+                                      "store only its folder is used (this host's call journal).")
+    catalog: str | None = Field(default=None, description="DuckLake: the Postgres catalog DSN (DISTILL_STORE).")
+    data_path: str | None = Field(default=None, description="DuckLake: the Parquet folder or s3:// prefix.")
     lock_timeout_s: float = 900.0
     schema_sql: list[str] = Field(default_factory=list,
-                                  description="Idempotent CREATE statements run when a process first opens the file.")
+                                  description="Idempotent CREATE statements run when a process first opens the store.")
+
+    @property
+    def is_lake(self) -> bool:
+        return bool(self.catalog)
+
+    @property
+    def location(self) -> str:
+        """The store as DISTILL_STORE names it."""
+        return f"ducklake:postgres:{self.catalog}" if self.is_lake else f"duckdb:{self.database}"
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction. On a lake a write inside it can fail to commit on a conflict: writers use transact."""
+        if self.is_lake:
+            if not self.data_path:
+                raise ValueError(f"DuckLake store {self.catalog!r} has no data_path (DISTILL_DATA_PATH)")
+            with lake_transaction(self.catalog, self.data_path, self.schema_sql) as conn:
+                yield conn
+            return
         with locked_connection(self.database, self.lock_timeout_s) as conn:
             ensure_schema(conn, self.database, self.schema_sql)
             yield conn
+
+    def transact(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`fn(conn)` in one transaction; on a lake, run again as a whole while its commit conflicts. `fn` must
+        only read and write the store (it may run more than once). Inside an open transaction it joins it."""
+        active = getattr(_local, "active", None)
+        if not self.is_lake or active is not None:
+            with self.connect() as conn:
+                return fn(conn)
+
+        def once() -> T:
+            with self.connect() as conn:
+                return fn(conn)
+
+        return lake.run_with_retry(once, on_retry=lambda attempt, exc: _count_retry())
+
+    @contextmanager
+    def reader(self, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for read-only queries (`distill sql`): a read-only file under the shared lock, or a lake
+        connection of its own."""
+        if not self.is_lake:
+            with read_only_connection(self.database, timeout_s) as conn:
+                yield conn
+            return
+        con = lake.connect_ducklake(self.catalog, self.data_path)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def snapshot(self) -> int | None:
+        """The lake's latest snapshot id (None on a file store)."""
+        if not self.is_lake:
+            return None
+        with self.connect() as conn:
+            return lake.current_snapshot(conn)
 
     def query_df(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
         with self.connect() as conn:
             return conn.execute(sql, params or []).df()
 
     def execute(self, sql: str, params: list | dict | None = None) -> None:
-        with self.connect() as conn:
-            conn.execute(sql, params or [])
+        self.transact(lambda conn: conn.execute(sql, params or []))
 
     def table_exists(self, table: str) -> bool:
         with self.connect() as conn:
             return table_exists(conn, table)
 
-    def insert_df(self, table: str, df: pd.DataFrame, *, on_conflict: str = "error") -> int:
-        """Insert rows by column name; on_conflict: 'error' | 'ignore' | 'replace'."""
-        if df.empty:
+    def insert_df(self, table: str, df: pd.DataFrame | pa.Table, *, on_conflict: str = "error") -> int:
+        """Insert rows (a DataFrame or an Arrow table) by column name; on_conflict: 'error' | 'ignore' | 'replace'."""
+        if _rows(df) == 0:
             return 0
-        with self.connect() as conn:
-            return insert_df(conn, table, df, on_conflict=on_conflict)
+        return self.transact(lambda conn: insert_df(conn, table, df, on_conflict=on_conflict))
 
     def replace_rows(self, table: str, df: pd.DataFrame, where: str, params: list) -> int:
         """Atomically replace the rows matching `where` with `df` (delete + insert in one transaction)."""
-        with self.connect() as conn:
+        def replace(conn: duckdb.DuckDBPyConnection) -> int:
             if table_exists(conn, table):
                 conn.execute(f"DELETE FROM {table} WHERE {where}", params)
-            return insert_df(conn, table, df, on_conflict="replace") if not df.empty else 0
+            return insert_df(conn, table, df, on_conflict="replace") if _rows(df) else 0
+
+        return self.transact(replace)
+
+
+def _count_retry() -> None:
+    _retries["conflicts"] += 1
+
+
+def is_lake_connection(conn: Any) -> bool:
+    return id(conn) in _LAKE_KEYS
+
+
+def _rows(df: pd.DataFrame | pa.Table) -> int:
+    return df.num_rows if isinstance(df, pa.Table) else len(df)
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection, database: str, statements: list[str]) -> None:
@@ -241,17 +359,24 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, database: str, statements: li
     _local.schema_done = done
 
 
-def insert_df(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, *, on_conflict: str = "error") -> int:
-    if df.empty:
+def insert_df(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame | pa.Table, *,
+              on_conflict: str = "error") -> int:
+    """Insert `df` (DataFrame or Arrow table) by column name into `table` (created from it when missing)."""
+    if _rows(df) == 0:
         return 0
+    keys = _LAKE_KEYS.get(id(conn))
+    if keys is not None:
+        frame = df.to_pandas() if isinstance(df, pa.Table) else df
+        return lake.insert_rows(conn, table, frame, keys.get(table), on_conflict)
     conn.register("_distill_rows", df)
     try:
-        cols = ", ".join(f'"{c}"' for c in df.columns)
+        names = df.column_names if isinstance(df, pa.Table) else df.columns
+        cols = ", ".join(f'"{c}"' for c in names)
         if not table_exists(conn, table):
             conn.execute(f"CREATE TABLE {table} AS SELECT {cols} FROM _distill_rows")
-            return len(df)
+            return _rows(df)
         verb = {"error": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
         conn.execute(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM _distill_rows")
-        return len(df)
+        return _rows(df)
     finally:
         conn.unregister("_distill_rows")

@@ -5,6 +5,7 @@
     distill materialize --category math      materialize the per-category assets of some partitions
     distill backfill --category math --wait  launch a Dagster backfill (run by the daemon) and follow it
     distill lineage why|from EXAMPLE_ID      why an example was kept or dropped / where it came from
+    distill lineage model ARTIFACT           the exact rows that trained a model, and the SQL that returns them
     distill failures add FILE | list         report production failures / list them
     distill sql "select * from lineage_funnel"  a read-only query of the store
     distill report open                      the latest HTML eval report
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         lp.add_argument("example_id")
         lp.add_argument("--json", action="store_true", help="print JSON records")
         lp.set_defaults(fn=("commands", "cmd_lineage"))
+    lm = lsub.add_parser("model", parents=[common], help="the exact clean_dataset rows that trained ARTIFACT",
+                         description="The clean_dataset rows that trained a model artifact (lora_adapter, "
+                                     "merged_model or an export), and the SQL query that returns them.")
+    lm.add_argument("artifact", help="an artifact id, e.g. lora_adapter:<sha> (see the artifacts table)")
+    lm.add_argument("--json", action="store_true", help="print the rows as JSON records")
+    lm.set_defaults(fn=("commands", "cmd_lineage_model"))
 
     f = sub.add_parser("failures", parents=[common], help="report production failures and list them")
     fsub = f.add_subparsers(dest="action", metavar="ACTION", required=True)

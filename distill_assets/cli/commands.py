@@ -11,7 +11,7 @@ from pathlib import Path
 from distill_assets import quickstart as qs
 from distill_assets.cli.common import check_categories, emit, is_empty, keys_for, store
 from distill_assets.cli.errors import RunError, UsageError
-from distill_assets.lib import lineage
+from distill_assets.lib import lineage, model_lineage
 from distill_assets.lib.production import intake, state
 from distill_assets.lib.settings import get_settings
 
@@ -69,6 +69,23 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(out.to_json(orient="records", indent=2, default_handler=str))
     else:
         emit(out)
+    return 0
+
+
+def cmd_lineage_model(args: argparse.Namespace) -> int:
+    try:
+        out = model_lineage.training_rows(store(), args.artifact)
+    except LookupError as e:
+        raise UsageError(str(e.args[0] if e.args else e)) from None
+    rows = out["rows"]
+    if args.json:
+        print(rows.to_json(orient="records", indent=2, default_handler=str))
+        return 0
+    print(f"{out['artifact']} was trained on {out['dataset']} (version {out['dataset_version']}): "
+          f"{len(rows)} rows; {out['note']}")
+    print(f"query: {out['sql']}")
+    cols = [c for c in ("example_id", "category", "split") if c in rows.columns]
+    emit(rows[cols] if cols else rows)
     return 0
 
 

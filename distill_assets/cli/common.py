@@ -18,9 +18,8 @@ from resources.store import DuckDBStore
 
 
 def store() -> DuckDBStore:
-    db = get_settings().database
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return open_store(str(db))
+    get_settings().database.parent.mkdir(parents=True, exist_ok=True)
+    return open_store()  # DISTILL_STORE: the DuckDB file or a DuckLake
 
 
 def check_categories(requested: list[str] | None) -> list[str]:

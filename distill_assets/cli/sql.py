@@ -15,7 +15,6 @@ import pandas as pd
 from distill_assets.cli.common import store
 from distill_assets.cli.errors import RunError, UsageError
 from distill_assets.lib.settings import get_settings
-from resources.store import read_only_connection
 
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -38,12 +37,13 @@ def read_statements(query: str) -> list[str]:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     statements = read_statements(args.query)
-    db = get_settings().database
-    if not db.exists():
-        store().execute("SELECT 1")  # a fresh home: create the ledger's tables and views, so they answer
+    st = store()
+    if st.is_lake or not get_settings().database.exists():
+        st.execute("SELECT 1")  # a fresh store: create the ledger's tables and views, so they answer
     try:
-        with read_only_connection(db, args.timeout) as conn:
-            conn.execute("SET enable_external_access = false")
+        with st.reader(args.timeout) as conn:
+            if not st.is_lake:  # the lake reads its own Parquet files
+                conn.execute("SET enable_external_access = false")
             frames = [conn.execute(q).df() for q in statements]
     except TimeoutError as e:
         raise RunError(str(e)) from None

@@ -48,15 +48,18 @@ def lora_adapter(
     context.log.info(f"training profile: {plan.profile_reason}; QLoRA: {plan.qlora_status}")
     base = upstream_artifact(context, store, "student_base_model")
     base_dir = Path(base["path"])
-    version = frame_version(clean_dataset)
-    dataset_artifact = register_dataset_version(store, clean_dataset, version, context.run.run_id)
+    content = frame_version(clean_dataset)
+    # the version that trained it: the lake snapshot the rows were read at, or their content on the file store
+    version = clean_dataset.attrs.get("store_version") or content
+    dataset_artifact = register_dataset_version(store, clean_dataset, version, context.run.run_id,
+                                                content_version=content)
     fractions = {c.name: c.validation_fraction for c in load_tasks().categories}
     train, val, data_notes = split_dataset(clean_dataset, fractions)
     for n in data_notes:
         context.log.warning(n)
     # sparse_kd: each row's teacher logprobs, through lineage (generation_id -> call_key -> teacher_logprobs)
     teacher = example_logprobs(store, clean_dataset) if plan.mode == "sparse_kd" else None
-    out_dir = get_settings().artifacts / "lora_adapter" / adapter_run_key(base["sha256"], version, plan)
+    out_dir = get_settings().artifacts / "lora_adapter" / adapter_run_key(base["sha256"], content, plan)
     res = train_lora(
         base_dir, train, val, plan, out_dir,
         base_model_id=base["metadata"].get("base_model_id", base["artifact_id"]), dataset_version=version,

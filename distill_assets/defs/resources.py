@@ -9,7 +9,6 @@ from distill_assets.lib.settings import (
     embedded_embedder_dir,
     embedded_teacher_gguf,
     embedder_path,
-    get_settings,
     llm_env,
     openai_headers_env,
 )
@@ -66,11 +65,9 @@ def llm_from_env(prefix: str, role: str, fallback: str | None = None) -> LLMReso
 
 
 def build_resources() -> dict:
-    s = get_settings()
-    db = str(s.database)
     return {
-        "io_manager": open_io_manager(db),
-        "store": open_store(db),
+        "io_manager": open_io_manager(),  # DISTILL_STORE: the DuckDB file or a DuckLake
+        "store": open_store(),
         "teacher": llm_from_env("TEACHER", "teacher"),
         "judge": llm_from_env("JUDGE", "judge", fallback="TEACHER"),
         "embedder": EmbedderResource(model_path=embedder_path(),

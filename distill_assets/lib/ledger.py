@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from distill_assets.lib.settings import store_lock_timeout_s
+from distill_assets.lib.settings import get_settings, store_lock_timeout_s
 from distill_assets.lib.stages import STAGE_ORDER
 from resources.io_manager import DistillDuckDBIOManager
 from resources.store import DuckDBStore, utcnow
@@ -161,16 +161,25 @@ def schema_statements() -> list[str]:
     return [" ".join(s.split()) for s in [*TABLES.values(), *MIGRATIONS, *VIEWS.values()]]
 
 
-def open_store(database: str, **kwargs: Any) -> DuckDBStore:
-    """A store over `database` that creates the ledger's tables and views on first use."""
-    kwargs.setdefault("lock_timeout_s", store_lock_timeout_s())
-    return DuckDBStore(database=str(database), schema_sql=schema_statements(), **kwargs)
+def configured_store() -> dict[str, Any]:
+    """Where DISTILL_STORE (and DISTILL_DATA_PATH) put the store, as the store's fields."""
+    s = get_settings()
+    return {"database": str(s.database), "catalog": s.store.catalog, "data_path": s.store.data_path}
 
 
-def open_io_manager(database: str, **kwargs: Any) -> DistillDuckDBIOManager:
-    """The asset-table IO manager over `database`, with the ledger's tables (lineage, partitions) created."""
+def open_store(database: str | None = None, **kwargs: Any) -> DuckDBStore:
+    """A store over `database` (None: the configured store, a file or a DuckLake) that creates the ledger's
+    tables and views on first use."""
     kwargs.setdefault("lock_timeout_s", store_lock_timeout_s())
-    return DistillDuckDBIOManager(database=str(database), schema_sql=schema_statements(), **kwargs)
+    where = configured_store() if database is None else {"database": str(database)}
+    return DuckDBStore(**{**where, **kwargs}, schema_sql=schema_statements())
+
+
+def open_io_manager(database: str | None = None, **kwargs: Any) -> DistillDuckDBIOManager:
+    """The asset-table IO manager over the same store, with the ledger's tables (lineage, partitions) created."""
+    kwargs.setdefault("lock_timeout_s", store_lock_timeout_s())
+    where = configured_store() if database is None else {"database": str(database)}
+    return DistillDuckDBIOManager(**{**where, **kwargs}, schema_sql=schema_statements())
 
 
 LINEAGE_COLUMNS = ["example_id", "category", "stage", "verdict", "reason", "evidence", "run_id", "recorded_at"]

@@ -12,13 +12,51 @@ DEMO_TASKS = PACKAGE_DIR / "demo" / "tasks.yaml"
 
 
 @dataclass(frozen=True)
+class StoreSetting:
+    """DISTILL_STORE: `duckdb:<path>` (the embedded single file, the default) or `ducklake:postgres:<dsn>`
+    (many writers; catalog in Postgres, Parquet under DISTILL_DATA_PATH, a shared folder or s3://...)."""
+
+    kind: str  # "duckdb" | "ducklake"
+    path: Path | None = None  # duckdb: the file
+    catalog: str | None = None  # ducklake: the Postgres DSN (libpq keywords)
+    data_path: str | None = None  # ducklake: where the Parquet files go
+
+    @property
+    def is_lake(self) -> bool:
+        return self.kind == "ducklake"
+
+
+def parse_store(value: str | None, data_path: str | None, home: Path) -> StoreSetting:
+    """The store named by DISTILL_STORE / DISTILL_DATA_PATH; a clear error naming the variable otherwise."""
+    if not value:
+        return StoreSetting("duckdb", path=home / "distill.duckdb")
+    kind, _, rest = value.partition(":")
+    if kind == "duckdb" and rest:
+        return StoreSetting("duckdb", path=Path(rest).expanduser().resolve())
+    if kind == "ducklake":
+        backend, _, dsn = rest.partition(":")
+        if backend != "postgres" or not dsn.strip():
+            raise ValueError(f"DISTILL_STORE={value!r}: a DuckLake store needs a Postgres catalog, "
+                             "ducklake:postgres:<dsn> (e.g. ducklake:postgres:dbname=distill host=db)")
+        if not data_path:
+            raise ValueError(f"DISTILL_STORE={value!r} needs DISTILL_DATA_PATH: the shared folder or s3:// "
+                             "prefix for the lake's Parquet files")
+        if "://" not in data_path:
+            data_path = str(Path(data_path).expanduser().resolve())
+        return StoreSetting("ducklake", catalog=dsn.strip(), data_path=data_path)
+    raise ValueError(f"DISTILL_STORE={value!r}: expected duckdb:<path> or ducklake:postgres:<dsn>")
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     tasks_file: Path
+    store: StoreSetting
 
     @property
     def database(self) -> Path:
-        return self.home / "distill.duckdb"
+        """The DuckDB file (on a DuckLake store: where this host's journal lives beside it, unused otherwise)."""
+        return self.store.path if self.store.path is not None else self.home / "distill.duckdb"
 
     @property
     def artifacts(self) -> Path:
@@ -41,7 +79,8 @@ class Settings:
 def get_settings() -> Settings:
     home = Path(os.environ.get("DISTILL_HOME") or (Path.cwd() / ".distill")).resolve()
     tasks = Path(os.environ.get("DISTILL_TASKS") or DEMO_TASKS).resolve()
-    return Settings(home=home, tasks_file=tasks)
+    return Settings(home=home, tasks_file=tasks,
+                    store=parse_store(env("DISTILL_STORE"), env("DISTILL_DATA_PATH"), home))
 
 
 def _package_file(package: str, relative: str) -> Path:

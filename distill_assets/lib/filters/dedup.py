@@ -227,16 +227,16 @@ def deduplicate(df: pd.DataFrame, category: Category, store: DuckDBStore, embedd
             rv = np.zeros((n, dim), dtype=np.float32)
         if iv.shape[1] == 0:
             iv = np.zeros((n, dim), dtype=np.float32)
-    with store.connect() as conn:
+    def decide(conn):  # reads the other partitions' index and replaces this one's in one transaction
         prior = load_prior(conn, category.name, model)
-        if n:
-            out = dedup_partition(df, category, rv, iv, is_long, prior, block=block)
-        else:
-            out = annotate(df, [], [], [])
+        out = dedup_partition(df, category, rv, iv, is_long, prior, block=block) if n else annotate(df, [], [], [])
         conn.execute("DELETE FROM dedup_index WHERE category = ?", [category.name])
         if n:
             insert_df(conn, "dedup_index", index_rows(out, category.name, model, is_long, run_id),
                       on_conflict="replace")
+        return prior, out
+
+    prior, out = store.transact(decide)
     if n:  # the rows keep their own last-turn instruction and response
         out["instruction"], out["response"] = own["instruction"].to_numpy(), own["response"].to_numpy()
     stats = {"rows": n, "prior_kept_other_partitions": int(len(prior.entries)),

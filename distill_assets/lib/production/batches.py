@@ -28,7 +28,7 @@ import pandas as pd
 from distill_assets.lib.ids import content_hash
 from distill_assets.lib.production import HELD_OUT, PENDING
 from distill_assets.lib.tasks import TaskFile
-from resources.store import DuckDBStore
+from resources.store import DuckDBStore, insert_df
 
 
 @dataclass(frozen=True)
@@ -118,11 +118,10 @@ def plan_batches(store: DuckDBStore, cursor: dict[str, int], now: datetime, task
             wave = "w-" + content_hash("wave", sorted(b.batch_key for b in fresh))
             fresh = [Batch(**{**b.__dict__, "wave": wave, "wave_size": len(fresh)}) for b in fresh]
             for b in fresh:
-                conn.execute(
-                    "INSERT OR IGNORE INTO failure_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [b.batch_key, b.wave, b.wave_size, b.category, json.dumps(list(b.failure_ids)), b.pending,
-                     b.held_out, b.max_seq, b.reason, now],
-                )
+                insert_df(conn, "failure_batches", pd.DataFrame([{
+                    "batch_key": b.batch_key, "wave": b.wave, "wave_size": b.wave_size, "category": b.category,
+                    "failure_ids": json.dumps(list(b.failure_ids)), "pending": b.pending, "held_out": b.held_out,
+                    "max_seq": b.max_seq, "reason": b.reason, "created_at": now}]), on_conflict="ignore")
                 conn.execute(
                     """UPDATE production_failures SET batch_key = ?, updated_at = ?
                        WHERE list_contains(?, failure_id) AND batch_key IS NULL""",

@@ -125,11 +125,10 @@ def _store(store: DuckDBStore, report: IngestReport, good: pd.DataFrame, tasks: 
         bad_lines = {(r["line"]) for r in report.rejects if r["reason"] != "duplicate"}
         report.rejected = len(bad_lines)
         if file_record is not None:
-            conn.execute(
-                "INSERT OR REPLACE INTO failure_files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [file_record["sha256"], file_record["path"], report.lines, report.inserted, report.rejected,
-                 report.duplicates, now],
-            )
+            insert_df(conn, "failure_files", pd.DataFrame([{
+                "sha256": file_record["sha256"], "path": file_record["path"], "lines": report.lines,
+                "inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates,
+                "ingested_at": now}]), on_conflict="replace")
     return report
 
 

@@ -35,7 +35,7 @@ from distill_assets.lib.production import HELD_OUT, HELDOUT_SPLIT, IN_TRAINING, 
 from distill_assets.lib.production.state import set_status
 from distill_assets.lib.records import eval_id, gold_reference
 from distill_assets.lib.tasks import TaskFile
-from resources.store import DuckDBStore, utcnow
+from resources.store import DuckDBStore, insert_df, utcnow
 
 HELDOUT_SOURCE, EVAL_SOURCE = "production_heldout", "eval"
 
@@ -246,12 +246,14 @@ def comparison_markdown(decision: dict) -> str:
 def record(store: DuckDBStore, decision: dict, resolved: int, run_id: str) -> None:
     cmp = decision["comparison"]
     with store.connect() as conn:
-        conn.execute(
-            "INSERT OR REPLACE INTO promotion_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [decision["candidate"], decision["baseline_version"], decision["gate_promoted"], decision["promoted"],
-             cmp["heldout"]["n"], cmp["heldout"]["candidate"], cmp["heldout"]["baseline"], cmp["eval"]["n"],
-             cmp["eval"]["candidate"], cmp["eval"]["baseline"], json.dumps(cmp["reasons"]), resolved, run_id,
-             utcnow()])
+        insert_df(conn, "promotion_decisions", pd.DataFrame([{
+            "adapter_version": decision["candidate"], "baseline_version": decision["baseline_version"],
+            "gate_promoted": decision["gate_promoted"], "promoted": decision["promoted"],
+            "heldout_n": cmp["heldout"]["n"], "heldout_candidate": cmp["heldout"]["candidate"],
+            "heldout_baseline": cmp["heldout"]["baseline"], "eval_n": cmp["eval"]["n"],
+            "eval_candidate": cmp["eval"]["candidate"], "eval_baseline": cmp["eval"]["baseline"],
+            "reasons": json.dumps(cmp["reasons"]), "resolved": resolved, "run_id": run_id,
+            "decided_at": utcnow()}]), on_conflict="replace")
         if decision["gate_promoted"] and not decision["promoted"]:
             # the absolute gate passed but the candidate regressed: the previous promoted model keeps serving
             row = conn.execute("SELECT reasons FROM model_versions WHERE adapter_version = ?",

@@ -140,17 +140,21 @@ def split_dataset(df: pd.DataFrame, val_fraction: float | Mapping[str, float]
     return strip(train), strip(val), notes
 
 
-def register_dataset_version(store: DuckDBStore, df: pd.DataFrame, version: str, run_id: str) -> str:
-    """The dataset version as an `artifacts` row, so adapter -> dataset -> examples (lineage table) is joinable."""
+def register_dataset_version(store: DuckDBStore, df: pd.DataFrame, version: str, run_id: str, *,
+                             content_version: str | None = None) -> str:
+    """The dataset version as an `artifacts` row, so adapter -> dataset -> examples (lineage table) is joinable.
+
+    `version` is what trained the model: the content hash on the file store, `snapshot:<id>` on a DuckLake
+    (then `SELECT * FROM clean_dataset AT (VERSION => id)` returns those rows; `distill lineage model`)."""
     artifact_id = f"dataset:{version}"
     counts = df.groupby("split").size().to_dict() if "split" in df.columns else {"train": len(df)}
     cats = sorted(df["category"].astype(str).unique().tolist()) if "category" in df.columns else []
     ledger.register_artifact(
         store,
         artifact_id=artifact_id, asset="clean_dataset", kind="dataset",
-        path=f"duckdb:{store.database}#clean_dataset", sha256=version, bytes=None, parent_artifact_id=None,
-        dataset_version=version, run_id=run_id,
-        metadata={"rows": len(df), "splits": counts, "categories": cats,
+        path=f"{store.location}#clean_dataset", sha256=content_version or version, bytes=None,
+        parent_artifact_id=None, dataset_version=version, run_id=run_id,
+        metadata={"rows": len(df), "splits": counts, "categories": cats, "content_version": content_version or version,
                   "examples": "lineage.example_id where stage = 'clean_dataset'",
                   "example_ids": sorted(df["example_id"].astype(str).tolist())},
     )
