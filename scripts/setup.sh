@@ -47,6 +47,8 @@ apt_install() {
   fi
 }
 command -v bwrap >/dev/null || apt_install bubblewrap
+# the PostgreSQL server: the DuckLake store's catalog; tests start a throwaway one (tests/fakes/postgres_server.py)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
 
 if [ "${1:-}" = "browser" ]; then
   # Debian's Chromium for the UI test (Playwright's own browser download does not work offline)

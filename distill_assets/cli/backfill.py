@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import string
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -80,6 +83,12 @@ def _follow(instance: dg.DagsterInstance, backfill_id: str, timeout: float, daem
         time.sleep(2)
 
 
+def _daemon_program() -> str:
+    """dagster-daemon beside this Python (its venv need not be on PATH), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dagster-daemon"
+    return str(beside) if beside.exists() else (shutil.which("dagster-daemon") or "dagster-daemon")
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     cats = check_categories(args.category)
     defs = qs.load_defs()
@@ -99,7 +108,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             return 0
         print("  starting dagster-daemon for this backfill", flush=True)
         log = open(log_name, "ab")
-        daemon = subprocess.Popen(["dagster-daemon", "run", "-m", "distill_assets.definitions"],
+        daemon = subprocess.Popen([_daemon_program(), "run", "-m", "distill_assets.definitions"],
                                   stdout=log, stderr=subprocess.STDOUT)
     if not args.wait:
         return 0

@@ -59,6 +59,13 @@ def test_instance_yaml_pluggable_classes_accept_their_config(instance_dir):
         result = process_config(storage.config_type(), pg)
         assert result.success, f"{storage.__name__}: {_errors(result)}"
         assert result.value["postgres_db"]["password"] == PG_ENV["DAGSTER_PG_PASSWORD"]
+    # the URL it builds names a driver SQLAlchemy has here (psycopg2, installed with dagster-postgres)
+    import sqlalchemy
+    from dagster_postgres.utils import pg_url_from_config
+
+    url = pg_url_from_config(result.value)
+    assert url.startswith("postgresql+psycopg2://dagster:x@postgres.distill.svc:5432/dagster")
+    assert sqlalchemy.engine.make_url(url).get_dialect().driver == "psycopg2"
     # Per-run pod resources: valid Kubernetes ResourceRequirements.
     run_cfg = UserDefinedDagsterK8sConfig.from_dict(rl["config"]["run_k8s_config"])
     from kubernetes.client import V1ResourceRequirements
