@@ -8,6 +8,7 @@ While a step writes, the query waits up to --timeout seconds, then fails naming 
 from __future__ import annotations
 
 import argparse
+import re
 
 import duckdb
 import pandas as pd
@@ -17,6 +18,7 @@ from distill_assets.cli.errors import RunError, UsageError
 from distill_assets.lib.settings import get_settings
 
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_PRAGMA = re.compile(r"(?:^|;)\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*pragma\b", re.I | re.S)
 
 
 def read_statements(query: str) -> list[str]:
@@ -27,6 +29,11 @@ def read_statements(query: str) -> list[str]:
         raise UsageError(f"cannot parse the query: {str(e).splitlines()[0]}") from None
     if not stmts:
         raise UsageError("empty query")
+    # DuckDB 1.5 hands a PRAGMA back rewritten as a SELECT: look for one in the text as written
+    pragmas = [m.start() for m in _PRAGMA.finditer(query)]
+    if pragmas:
+        raise UsageError(f"a statement is PRAGMA: distill sql runs read-only queries (SELECT, WITH, DESCRIBE, "
+                         f"SHOW, SUMMARIZE, EXPLAIN): {query[pragmas[0]:].strip()[:80]}")
     for i, st in enumerate(stmts, 1):
         if st.type not in READ_STATEMENTS:
             kind = st.type.name if hasattr(st.type, "name") else str(st.type)

@@ -27,6 +27,7 @@ DEMO = ROOT / "distill_assets" / "demo"
 CATS = [f"shop{i}" for i in range(8)]
 CHAIN = ["seed_prompts", "raw_generations", "quality_filtered", "deduplicated", "judged", "verified", "balanced",
          "decontaminated", "clean_dataset"]
+SELECTION = [*CHAIN, "eval_set"]  # decontaminated reads eval_set
 BACKFILL = ["raw_generations", "quality_filtered"]
 FAILURE_MARKERS = ("Could not set lock", "waited", "CommitConflictError", "Traceback")
 
@@ -87,7 +88,7 @@ def test_eight_partitions_and_a_backfill_on_ducklake_and_postgres(tmp_path, post
             assert type(inst.run_storage).__name__ == "PostgresRunStorage"
             inst.get_runs(limit=1)
         t0 = time.monotonic()
-        procs = [_distill(["materialize", "-c", c, "-s", ",".join(CHAIN)], env) for c in CATS]
+        procs = [_distill(["materialize", "-c", c, "-s", ",".join(SELECTION)], env) for c in CATS]
         outs = [p.communicate(timeout=900)[0].decode() for p in procs]
         parallel_s = time.monotonic() - t0
         for p, out in zip(procs, outs):
@@ -116,7 +117,7 @@ def test_eight_partitions_and_a_backfill_on_ducklake_and_postgres(tmp_path, post
         assert sorted(per_cat["category"]) == sorted(CATS), table  # every partition landed
         assert (per_cat["n"] == per_cat["ids"]).all(), table  # nothing doubled
     parts = store.query_df("SELECT asset_table, count(*) AS n FROM _distill_partitions GROUP BY 1")
-    assert set(parts["n"]) == {8} and len(parts) == len(CHAIN)
+    assert set(parts["n"]) == {8} and len(parts) == len(SELECTION)
     # no verdict lost or doubled: each filter stage judged every row its input had, once
     dup = store.query_df("SELECT count(*) - count(DISTINCT (example_id, stage)) AS d FROM lineage")["d"].iloc[0]
     assert dup == 0

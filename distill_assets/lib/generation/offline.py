@@ -24,7 +24,7 @@ from resources.batch import BatchRequest, read_results, write_jsonl
 from resources.llm import ChatRequest, ChatResult, LLMResource, call_key
 from resources.llm_http import parse_completion
 from resources.llm_journal import LEDGER_COLUMNS
-from resources.store import DuckDBStore, insert_df, utcnow
+from resources.store import DuckDBStore, utcnow
 
 
 def _key_and_body(teacher: LLMResource, model: str) -> Callable[[ChatRequest], tuple[str, dict]]:
@@ -135,6 +135,5 @@ def import_results(store: DuckDBStore, teacher: LLMResource, requests_path: Path
             "created_at": now, "budget_scope": teacher.budget_scope or teacher.role,
         })
     if rows:
-        with store.connect() as conn:
-            insert_df(conn, "teacher_calls", pd.DataFrame(rows, columns=LEDGER_COLUMNS), on_conflict="replace")
+        store.insert_df("teacher_calls", pd.DataFrame(rows, columns=LEDGER_COLUMNS), on_conflict="replace")
     return Import(len(rows), failed, len(known), unknown, errors)
