@@ -221,6 +221,13 @@ def _lake_connection(catalog: str, data_path: str, statements: list[str]) -> duc
     return cache[key]
 
 
+def _drop_lake_connection(catalog: str, data_path: str, statements: list[str]) -> None:
+    con = getattr(_local, "lakes", {}).pop((catalog, data_path, hash(tuple(statements))), None)
+    if con is not None:
+        _LAKE_KEYS.pop(id(con), None)
+        con.close()
+
+
 @contextmanager
 def lake_transaction(catalog: str, data_path: str, statements: list[str]) -> Iterator[duckdb.DuckDBPyConnection]:
     """One lake transaction (nested use joins the outer one). A conflicting COMMIT raises; `transact` retries."""
@@ -281,8 +288,13 @@ class DuckDBStore(dg.ConfigurableResource):
                 return fn(conn)
 
         def once() -> T:
-            with self.connect() as conn:
-                return fn(conn)
+            try:
+                with self.connect() as conn:
+                    return fn(conn)
+            except duckdb.Error as exc:
+                if lake.is_commit_conflict(exc):  # the next try attaches afresh: no catalog state of this one
+                    _drop_lake_connection(self.catalog, self.data_path, self.schema_sql)
+                raise
 
         return lake.run_with_retry(once, on_retry=lambda attempt, exc: _count_retry())
 

@@ -103,3 +103,16 @@ def test_lake_keys_hold_like_primary_keys(tmp_path, lake_location):
     assert store.query_df("SELECT status FROM production_failures")["status"].tolist() == ["resolved"]
     # views and every ledger table exist on a fresh lake, so the documented queries answer
     assert store.query_df("SELECT count(*) AS n FROM lineage_funnel")["n"].tolist() == [0]
+
+
+def test_partition_writes_keep_columns_apart_after_a_column_was_added(tmp_path, lake_location):
+    """Later partitions may carry a column the first did not (added by ALTER TABLE) and another column order;
+    every value must land in its own column."""
+    store = _open(str(tmp_path), lake_location)
+    first = pd.DataFrame({"example_id": ["a1"], "category": "a", "score": [1.5]})
+    later = pd.DataFrame({"verdict": ["kept"], "category": "b", "example_id": ["b1"], "score": [2.5]})
+    for frame, cat in ((first, "a"), (later, "b")):
+        store.transact(lambda conn, f=frame, c=cat: write_table(conn, "main", "scored", f, "category", [c]))
+    with store.connect() as conn:
+        got = conn.execute("SELECT example_id, category, score, verdict FROM scored ORDER BY 1").fetchall()
+    assert got == [("a1", "a", 1.5, None), ("b1", "b", 2.5, "kept")]
