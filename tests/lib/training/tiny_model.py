@@ -113,3 +113,17 @@ def trained_adapter(tmp_path_factory) -> Path:
         tr, va, _ = split_dataset(clean_frame(4), VALIDATION_FRACTION)
         train_lora(d["base"], tr, va, tiny_plan(), run, base_model_id="tiny", dataset_version="v-test")
     return run / "adapter"
+
+
+TINY_AWQ = dict(calibration_samples=4, seq_len=64, batch_size=2, n_grid=3)  # ~3 s on 2 cores
+
+
+def tiny_awq(tmp_path_factory) -> Path:
+    """The tiny base quantized by the real llm-compressor AWQ recipe (W4A16, group 64), once per session."""
+    from transformers import AutoTokenizer
+
+    from distill_assets.lib.export.awq import AWQSettings, awq_quantize, calibration_texts
+
+    d = session_dirs(tmp_path_factory)
+    texts = calibration_texts(clean_frame(4), AutoTokenizer.from_pretrained(str(d["base"])))
+    return _cached(d["root"], "awq", lambda out: awq_quantize(d["base"], out, texts, AWQSettings(**TINY_AWQ)))
