@@ -10,7 +10,7 @@ from checks.awq_export import build_awq_export_checks
 from distill_assets.lib import ledger
 from distill_assets.lib.artifacts import dir_digest
 from resources.store import DuckDBStore
-from tests.lib.training.tiny_model import session_dirs, tiny_awq
+from tests.lib.training.tiny_model import TINY_AWQ_BAR, session_dirs, tiny_awq
 
 pytest.importorskip("llmcompressor", reason="the awq extra is not installed")
 
@@ -44,8 +44,7 @@ def dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("case", ["ok", "changed", "skipped"])
 def test_awq_parity(store, dirs, monkeypatch, case):
-    # random-init tiny model: the GGUF test's 4-bit bar (see tests/lib/export/test_awq.py)
-    monkeypatch.setenv("DISTILL_AWQ_PARITY_THRESHOLDS", json.dumps({"w4a16": {"min_top1": 0.6}}))
+    monkeypatch.setenv("DISTILL_AWQ_PARITY_THRESHOLDS", json.dumps({"w4a16": TINY_AWQ_BAR}))  # random-init model
     base, awq_dir = dirs
     defs = _graph(base, awq_dir, sha="0" * 64 if case == "changed" else None,
                   skipped="skipped: needs the awq extra" if case == "skipped" else None)

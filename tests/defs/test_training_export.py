@@ -10,7 +10,7 @@ from distill_assets.defs.partitions import CATEGORY
 from distill_assets.lib.export.awq import awq_unavailable
 from distill_assets.lib.ids import frame_version
 from distill_assets.lib.ledger import open_io_manager, open_store
-from tests.lib.training.tiny_model import TINY_AWQ, clean_frame, session_dirs
+from tests.lib.training.tiny_model import TINY_AWQ, TINY_AWQ_BAR, clean_frame, session_dirs
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def test_graph_materializes_with_lineage_and_checks(tiny, tmp_path, monkeypatch)
     monkeypatch.setenv("STUDENT_BASE", str(tiny["base"]))
     # random-init 64-wide model: see tests/lib/export/test_gguf.py
     monkeypatch.setenv("DISTILL_GGUF_PARITY_THRESHOLDS", json.dumps({"q8_0": {"min_top1": 0.8}, "q4_k_m": {"min_top1": 0.5}}))
-    monkeypatch.setenv("DISTILL_AWQ_PARITY_THRESHOLDS", json.dumps({"w4a16": {"min_top1": 0.5}}))
+    monkeypatch.setenv("DISTILL_AWQ_PARITY_THRESHOLDS", json.dumps({"w4a16": TINY_AWQ_BAR}))
     db = str(tmp_path / "d.duckdb")
     resources = {"store": open_store(db), "io_manager": open_io_manager(db)}
     keys = CATEGORY.get_partition_keys()

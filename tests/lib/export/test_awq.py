@@ -7,7 +7,7 @@ import pytest
 
 from distill_assets.lib.export import awq
 from distill_assets.lib.export.parity import AWQ_THRESHOLDS, evaluate_parity_report
-from tests.lib.training.tiny_model import tiny_awq
+from tests.lib.training.tiny_model import TINY_AWQ_BAR, tiny_awq
 
 pytest.importorskip("llmcompressor", reason="the awq extra is not installed")
 
@@ -103,9 +103,9 @@ def test_parity_passes_on_the_export_and_fails_on_a_corrupted_one(exported, tmp_
     report = awq.awq_parity_report(base, out)
     m = report["w4a16"]
     assert m["finite"] and m["tokenizer_match"] == 1.0 and isinstance(m["generation"], str)
-    # random-init 64-wide model with near-tied logits: the 4-bit bar of the GGUF test applies (the real 135M: see
-    # lib/export/parity.py)
-    ok, rows = evaluate_parity_report(report, {"w4a16": {**AWQ_THRESHOLDS["w4a16"], "min_top1": 0.6}})
+    # random-init 64-wide model: near-uniform logits (perplexity ~2e5), whose argmax 4-bit noise flips often
+    # (measured top-1 0.29; the GGUF test's q4_k_m falls back to 5 bits at this width). A broken export gets 0.
+    ok, rows = evaluate_parity_report(report, {"w4a16": {**AWQ_THRESHOLDS["w4a16"], **TINY_AWQ_BAR}})
     assert ok, rows
 
     bad = tmp_path / "bad"

@@ -116,6 +116,9 @@ def trained_adapter(tmp_path_factory) -> Path:
 
 
 TINY_AWQ = dict(calibration_samples=4, seq_len=64, batch_size=2, n_grid=3)  # ~3 s on 2 cores
+# The random-init tiny model's logits are near-uniform, so 4-bit noise flips many argmaxes: its AWQ export gets
+# top-1 ~0.29 and a broken one 0.0 (the real 135M is held to lib/export/parity.py's AWQ_THRESHOLDS).
+TINY_AWQ_BAR = {"min_top1": 0.2}
 
 
 def tiny_awq(tmp_path_factory) -> Path:
