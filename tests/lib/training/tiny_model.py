@@ -21,12 +21,10 @@ PROMPTS = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_sta
 
 
 def save_tokenizer(out: Path) -> Path:
-    from transformers import AutoTokenizer
-
     from distill_assets.lib.settings import embedded_teacher_gguf
+    from distill_assets.lib.tokenizer import gguf_tokenizer
 
-    g = embedded_teacher_gguf()
-    tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
+    tok = gguf_tokenizer(embedded_teacher_gguf())
     tok.save_pretrained(out)
     return out
 
