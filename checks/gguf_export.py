@@ -5,7 +5,7 @@ import dagster as dg
 from checks.upstream import upstream_artifacts
 from distill_assets.lib.artifacts import artifact_row
 from distill_assets.lib.export.gguf import gguf_parity_report
-from distill_assets.lib.export.parity import evaluate_gguf_report, gguf_parity_table, gguf_thresholds
+from distill_assets.lib.export.parity import evaluate_gguf_report, gguf_thresholds, parity_table
 from distill_assets.lib.ids import file_sha256
 from resources.store import DuckDBStore
 
@@ -26,7 +26,7 @@ def build_gguf_export_checks(asset_key: dg.AssetKey | str = "gguf_export") -> li
         passed, rows = evaluate_gguf_report(report)
         return dg.AssetCheckResult(
             passed=passed,
-            metadata={"parity": dg.MetadataValue.md(gguf_parity_table(rows)), "report": dg.MetadataValue.json(report),
+            metadata={"parity": dg.MetadataValue.md(parity_table(rows)), "report": dg.MetadataValue.json(report),
                       "thresholds": dg.MetadataValue.json(gguf_thresholds()), "merged": merged["artifact_id"]},
         )
 

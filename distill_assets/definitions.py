@@ -9,9 +9,10 @@ STAGE_OWNERS = {
     "seeds": "team:data", "generation": "team:data", "filtering": "team:data", "dataset": "team:data",
     "training": "team:training", "export": "team:training", "evaluation": "team:eval", "production": "team:eval",
 }
-# Assets that use a GPU when one is there (vLLM teacher, QLoRA, vLLM eval of AWQ) and run on CPU otherwise.
+# Assets that use a GPU when one is there (vLLM teacher, QLoRA, AWQ calibration, vLLM eval of AWQ) and run on
+# CPU otherwise.
 ACCELERATOR = {"raw_generations": "cuda-optional", "lora_adapter": "cuda-optional",
-               "eval_report": "cuda-optional", "awq_export": "cuda"}
+               "eval_report": "cuda-optional", "awq_export": "cuda-optional"}
 
 
 def _ownership(spec: dg.AssetSpec) -> dg.AssetSpec:

@@ -35,7 +35,9 @@ if ! python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.__version__ == '$
   touch "$VENV/.llama-$flags_id"
 fi
 
-extras="dev,scaleout"  # scaleout: validates the Kubernetes/Postgres profile against its schemas in tests
+# scaleout: validates the Kubernetes/Postgres profile against its schemas in tests; awq: llm-compressor, so that
+# awq_export runs on CPU (it pins transformers to 5.15-5.17)
+extras="dev,scaleout,awq"
 python -m pip install -q -e ".[${extras}]"
 
 # Debian packages: bubblewrap isolates teacher-written code under verification

@@ -169,6 +169,11 @@ def gguf_parity_thresholds_raw() -> str | None:
     return env("DISTILL_GGUF_PARITY_THRESHOLDS")
 
 
+def awq_parity_thresholds_raw() -> str | None:
+    """DISTILL_AWQ_PARITY_THRESHOLDS: JSON overrides of the AWQ parity thresholds."""
+    return env("DISTILL_AWQ_PARITY_THRESHOLDS")
+
+
 def teacher_backend() -> str:
     """TEACHER_BACKEND: auto | openai | vllm."""
     return env("TEACHER_BACKEND") or "auto"

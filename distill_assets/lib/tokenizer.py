@@ -17,10 +17,45 @@ import pandas as pd
 
 from distill_assets.lib.settings import cache_root, embedded_teacher_gguf
 
+# GGUF metadata keys of the special tokens, and the tokenizer attribute each sets
+GGUF_SPECIAL_TOKENS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": "tokenizer.ggml.eos_token_id",
+                       "unk_token": "tokenizer.ggml.unknown_token_id", "pad_token": "tokenizer.ggml.padding_token_id"}
+
+
+def gguf_special_token_ids(gguf_path: str | Path) -> dict[str, int]:
+    """{bos_token|eos_token|unk_token|pad_token: id} as the GGUF file's metadata names them."""
+    from gguf import GGUFReader  # deferred: heavy optional dependency
+
+    fields = GGUFReader(str(gguf_path)).fields
+    out = {}
+    for attr, key in GGUF_SPECIAL_TOKENS.items():
+        f = fields.get(key)
+        if f is not None and f.data:
+            out[attr] = int(f.parts[f.data[0]][0])
+    return out
+
+
+def gguf_tokenizer(gguf_path: str | Path):
+    """The tokenizer of a GGUF file (transformers' conversion), with the special tokens the file names.
+
+    transformers 5.17 (llm-compressor's pin) converts a Llama GGUF tokenizer with eos set to the bos token and no
+    pad token (`GGUFLlamaConverter.tokenizer` in transformers/integrations/ggml.py); later versions read them
+    right. The file's metadata is the reference either way."""
+    from transformers import AutoTokenizer  # deferred: heavy optional dependency
+
+    gguf_path = Path(gguf_path)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    for attr, token_id in gguf_special_token_ids(gguf_path).items():
+        token = tok.convert_ids_to_tokens(token_id)
+        if token is not None and getattr(tok, attr) != token:
+            setattr(tok, attr, token)
+    return tok
+
 
 def _tokenizer_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
-    return cache_root() / "tokenizers" / f"{gguf.stem}-{st.st_size}"
+    # "-s2": conversions with the GGUF's own special tokens (see gguf_tokenizer); older caches are not reused
+    return cache_root() / "tokenizers" / f"{gguf.stem}-{st.st_size}-s2"
 
 
 @lru_cache(maxsize=2)
@@ -38,7 +73,7 @@ def student_tokenizer(gguf_path: str | None = None):
             return AutoTokenizer.from_pretrained(str(cache))
         except Exception:  # a corrupt cache is rebuilt below
             pass
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = gguf_tokenizer(gguf)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     try:
         tok.save_pretrained(str(tmp))
@@ -47,8 +82,9 @@ def student_tokenizer(gguf_path: str | None = None):
             shutil.rmtree(cache, ignore_errors=True)
         os.replace(tmp, cache)
     except OSError:
-        pass  # an unwritable cache only costs the conversion next time
-    return tok
+        return tok  # an unwritable cache only costs the conversion next time
+    # the saved copy, so that the first call returns what every later one loads (its name_or_path included)
+    return AutoTokenizer.from_pretrained(str(cache))
 
 
 def count_tokens(texts: list[str], tokenizer=None) -> np.ndarray:

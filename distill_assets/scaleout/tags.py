@@ -63,7 +63,7 @@ def profiles() -> dict[str, dict[str, Any]]:
         "generation": _gpu(1, cpu="4", memory="32Gi", shm="8Gi"),
         # LoRA/QLoRA SFT and the merge: one GPU, enough host memory to hold the merged fp32 copy.
         "training": _gpu(1, cpu="8", memory="64Gi", shm="16Gi"),
-        # AutoAWQ calibration + quantization.
+        # llm-compressor AWQ calibration + quantization (runs on CPU too; a GPU makes the grid search fast).
         "awq": _gpu(1, cpu="4", memory="48Gi", shm="8Gi"),
         # Everything else: small CPU pods.
         "cpu": {"container_config": {"resources": {"requests": {"cpu": "1", "memory": "2Gi"},

@@ -30,12 +30,12 @@ CLASSIFY = [("Classify: my card was charged twice", "billing", "easy"),
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from distill_assets.lib.settings import embedded_teacher_gguf
+    from distill_assets.lib.tokenizer import gguf_tokenizer
 
-    gguf = embedded_teacher_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = gguf_tokenizer(embedded_teacher_gguf())
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, seed in (("base", 0), ("merged", 1)):

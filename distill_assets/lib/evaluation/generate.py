@@ -227,13 +227,14 @@ def generate_gguf(path: str, items: list[dict], variant: str, max_new_tokens: in
 
 
 def generate_awq(path: str, items: list[dict], variant: str, max_new_tokens: int) -> tuple[pd.DataFrame, dict]:
-    """AWQ through vLLM; callers check `awq_unavailable()` first."""
+    """The AWQ (compressed-tensors W4A16) folder through vLLM, which reads the scheme from its config.json;
+    callers check `awq_vllm_unavailable()` first."""
     from vllm import LLM, SamplingParams  # deferred: heavy optional dependency
 
     rows = []
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        llm = LLM(model=path, quantization="awq", seed=0)
+        llm = LLM(model=path, seed=0)
         load_s = time.perf_counter() - t0
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, seed=0)
         for it in items:
@@ -246,5 +247,5 @@ def generate_awq(path: str, items: list[dict], variant: str, max_new_tokens: int
                          "completion_tokens": len(comp.token_ids or []), "finish_reason": comp.finish_reason,
                          "error": None})
     return pd.DataFrame(rows, columns=GEN_COLUMNS), {
-        "backend": "vllm (awq)", "load_s": load_s, "peak_mem_mb": mem.delta_mb,
+        "backend": "vllm (compressed-tensors w4a16)", "load_s": load_s, "peak_mem_mb": mem.delta_mb,
         "peak_gpu_mem_mb": (mem.cuda_peak / 2**20) if mem.cuda_peak else None}

@@ -3,7 +3,8 @@
 
 Variants: the teacher (through the teacher resource and its call cache), the base student and the merged
 student (transformers, or llama.cpp from f16 GGUF files: `students_on_llama_cpp`), each GGUF export (llama.cpp
-in a worker process) and the AWQ export (vLLM, CUDA only).
+in a worker process) and the AWQ export (vLLM where CUDA and the gpu extra are present, else transformers, which
+decompresses the compressed-tensors weights on load).
 A variant that cannot run here, or fails, is one efficiency row with its reason, never a silent gap.
 """
 
@@ -155,8 +156,8 @@ def size_on_disk(path: str | None) -> int | None:
     return None
 
 
-def awq_unavailable() -> str | None:
-    """Why AWQ cannot run here, or None."""
+def awq_vllm_unavailable() -> str | None:
+    """Why the AWQ export cannot be served through vLLM here, or None."""
     try:
         import torch  # deferred: heavy optional dependency
 
@@ -167,6 +168,14 @@ def awq_unavailable() -> str | None:
     if importlib.util.find_spec("vllm") is None:
         return "skipped: needs the gpu extra (vllm)"
     return None
+
+
+def awq_unavailable() -> str | None:
+    """Why the AWQ export cannot be evaluated here at all, or None: transformers needs compressed-tensors (the
+    awq extra) to load it, vLLM needs CUDA."""
+    if awq_vllm_unavailable() is None or importlib.util.find_spec("compressed_tensors") is not None:
+        return None
+    return "skipped: needs the awq extra (compressed-tensors) to load it in transformers, or CUDA + vllm"
 
 
 def gguf_unavailable() -> str | None:
@@ -259,8 +268,13 @@ def run_variants(specs: list[VariantSpec], items: list[dict], *, max_new_tokens:
             elif spec.kind == "gguf":
                 g, info = generate_gguf(spec.path, items, spec.name, max_new_tokens, gguf_n_ctx, threads,
                                         gguf_timeout_s)
-            else:
+            elif awq_vllm_unavailable() is None:
                 g, info = generate_awq(spec.path, items, spec.name, max_new_tokens)
+            else:
+                log(f"variant {spec.name}: vLLM {awq_vllm_unavailable()}; evaluated with transformers "
+                    "(compressed-tensors weights decompressed on load)")
+                g, info = generate_hf(spec.path, items, spec.name, max_new_tokens, threads, hf_batch_size)
+                info = {**info, "backend": f"{info['backend']}, compressed-tensors decompressed"}
             log(f"variant {spec.name}: {len(g)} answers in {time.perf_counter() - t0:.1f}s")
         except Exception as e:
             log(f"variant {spec.name} failed: {type(e).__name__}: {e}")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distill_assets.lib.export.merge import parity_texts
+from distill_assets.lib.export.merge import PARITY_GEN_CHAT, parity_texts
+from distill_assets.lib.export.parity import hf_logits, parity_metrics
 from distill_assets.lib.ids import file_sha256
 
 QUANTS = ["q8_0", "q4_k_m"]  # after the f16 conversion
@@ -164,46 +165,6 @@ def llama_generate(gguf_path: str | Path, prompt: str, max_tokens: int = 16) -> 
         llm.close()
 
 
-def hf_logits(model_dir: str | Path, token_ids: list[list[int]]) -> list:
-    import torch  # deferred: heavy optional dependency
-    from transformers import AutoModelForCausalLM  # deferred: heavy optional dependency
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    with torch.no_grad():
-        return [model(torch.tensor([ids])).logits[0].numpy() for ids in token_ids]
-
-
-def _nll(logits, ids) -> tuple[float, int]:
-    lg = logits[:-1].astype(np.float64)
-    tgt = np.asarray(ids[1:])
-    m = lg.max(-1, keepdims=True)
-    logz = (m[:, 0] + np.log(np.exp(lg - m).sum(-1)))
-    return float((logz - lg[np.arange(len(tgt)), tgt]).sum()), len(tgt)
-
-
-def parity_metrics(ref_logits: list, test_logits: list, token_ids: list[list[int]]) -> dict:
-    """Top-1 agreement under teacher forcing and perplexity ratio (test / reference) over all prompts."""
-    agree = total = 0
-    nll_ref = nll_test = 0.0
-    ntok = 0
-    finite = True
-    for r, t, ids in zip(ref_logits, test_logits, token_ids):
-        v = min(r.shape[-1], t.shape[-1])
-        r, t = r[:, :v], t[:, :v]
-        finite &= bool(np.isfinite(t).all())
-        agree += int((r.argmax(-1) == t.argmax(-1)).sum())
-        total += len(ids)
-        a, n = _nll(r, ids)
-        b, _ = _nll(t, ids)
-        nll_ref += a
-        nll_test += b
-        ntok += n
-    ppl_ref = float(np.exp(nll_ref / max(ntok, 1)))
-    ppl_test = float(np.exp(nll_test / max(ntok, 1))) if finite else float("inf")
-    return {"top1_agreement": agree / max(total, 1), "ppl_ref": ppl_ref, "ppl": ppl_test,
-            "ppl_ratio": ppl_test / ppl_ref if ppl_ref > 0 else float("inf"), "tokens": total, "finite": finite}
-
-
 def gguf_parity_report(merged_dir: str | Path, gguf_files: dict[str, str | Path]) -> dict:
     """{quant: metrics} for each GGUF vs the merged HF model, plus tokenizer agreement and a greedy generation."""
     from llama_cpp import Llama  # deferred: heavy optional dependency
@@ -228,5 +189,3 @@ def gguf_parity_report(merged_dir: str | Path, gguf_files: dict[str, str | Path]
         report[name] = m
     return report
 
-
-PARITY_GEN_CHAT = [{"role": "user", "content": "What is the capital of France?"}]

@@ -19,6 +19,7 @@ PARITY_CHATS = [
     [{"role": "user", "content": "If a train travels 60 km in 1.5 hours, what is its average speed?"},
      {"role": "assistant", "content": "60 / 1.5 = 40, so the average speed is 40 km/h."}],
 ]
+PARITY_GEN_CHAT = [{"role": "user", "content": "What is the capital of France?"}]  # the greedy sample shown
 PARITY_TEXTS = ["The quick brown fox jumps over the lazy dog, and then it runs back into the forest."]
 
 

@@ -12,18 +12,19 @@ from pathlib import Path
 from distill_assets.lib.artifacts import atomic_dir, is_complete
 from distill_assets.lib.ids import file_sha256
 from distill_assets.lib.settings import embedded_teacher_gguf
+from distill_assets.lib.tokenizer import gguf_tokenizer
 
 
 # ------------------------------------------------------------------------------------------------ conversion
 def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> dict:
     """Dequantize a GGUF checkpoint into an HF safetensors folder (fp32) with tokenizer and chat template."""
     import torch  # deferred: heavy optional dependency
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: heavy optional dependency
+    from transformers import AutoModelForCausalLM  # deferred: heavy optional dependency
 
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tok = gguf_tokenizer(gguf_path)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     cfg_dict = loaded.config.to_dict()
     cfg_dict.pop("quantization_config", None)

@@ -132,3 +132,34 @@ def test_batched_hf_generation_matches_one_at_a_time(tmp_path_factory):
     assert batched[cols].to_dict("records") == one[cols].to_dict("records")
     assert batched["latency_s"].nunique() == 1  # every answer of a batch waits for the whole batch
     assert (batched["completion_tokens"] <= 8).all()
+
+
+def test_awq_variant_is_discovered_and_answers_through_transformers_on_cpu(tmp_path_factory):
+    import torch
+
+    pytest.importorskip("llmcompressor", reason="the awq extra is not installed")
+    from tests.lib.training.tiny_model import tiny_awq
+
+    path = str(tiny_awq(tmp_path_factory))
+
+    def row(aid, asset, parent):
+        return {"artifact_id": aid, "asset": asset, "kind": "awq_w4a16" if asset == "awq_export" else "hf_model",
+                "path": path, "sha256": "x", "bytes": 1, "parent_artifact_id": parent, "metadata": {}}
+
+    found = {"merged_model": row("m1", "merged_model", "a1"), "awq_export": row("w1", "awq_export", "m1")}
+    (spec,) = [s for s in vr.discover_variants(found) if s.name == "awq"]
+    assert (spec.kind, spec.path, spec.skipped) == ("awq", path, None)
+    stale = {**found, "awq_export": row("w0", "awq_export", "m0")}
+    assert next(s for s in vr.discover_variants(stale) if s.name == "awq").skipped.startswith("skipped: stale")
+
+    assert vr.awq_unavailable() is None  # compressed-tensors loads it in transformers
+    if not torch.cuda.is_available():
+        assert vr.awq_vllm_unavailable() == "skipped: needs CUDA"
+    items = [{"example_id": "e1", "category": "c", "messages": [{"role": "user", "content": "Say hi."}]}]
+    logs = []
+    gens, eff = vr.run_variants([spec], items, max_new_tokens=4, teacher_complete=None, teacher_price={},
+                                usd_per_hour=0.1, threads=1, log=logs.append)
+    assert eff.iloc[0]["status"] == "ok" and gens["error"].isna().all() and (gens["completion_tokens"] > 0).all()
+    if not torch.cuda.is_available():
+        assert "compressed-tensors decompressed" in eff.iloc[0]["backend"]
+        assert any("vLLM skipped: needs CUDA" in m for m in logs)

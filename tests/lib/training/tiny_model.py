@@ -21,12 +21,10 @@ PROMPTS = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_sta
 
 
 def save_tokenizer(out: Path) -> Path:
-    from transformers import AutoTokenizer
-
     from distill_assets.lib.settings import embedded_teacher_gguf
+    from distill_assets.lib.tokenizer import gguf_tokenizer
 
-    g = embedded_teacher_gguf()
-    tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
+    tok = gguf_tokenizer(embedded_teacher_gguf())
     tok.save_pretrained(out)
     return out
 
@@ -113,3 +111,20 @@ def trained_adapter(tmp_path_factory) -> Path:
         tr, va, _ = split_dataset(clean_frame(4), VALIDATION_FRACTION)
         train_lora(d["base"], tr, va, tiny_plan(), run, base_model_id="tiny", dataset_version="v-test")
     return run / "adapter"
+
+
+TINY_AWQ = dict(calibration_samples=4, seq_len=64, batch_size=2, n_grid=3)  # ~3 s on 2 cores
+# The random-init tiny model's logits are near-uniform, so 4-bit noise flips many argmaxes: its AWQ export gets
+# top-1 ~0.29 and a broken one 0.0 (the real 135M is held to lib/export/parity.py's AWQ_THRESHOLDS).
+TINY_AWQ_BAR = {"min_top1": 0.2}
+
+
+def tiny_awq(tmp_path_factory) -> Path:
+    """The tiny base quantized by the real llm-compressor AWQ recipe (W4A16, group 64), once per session."""
+    from transformers import AutoTokenizer
+
+    from distill_assets.lib.export.awq import AWQSettings, awq_quantize, calibration_texts
+
+    d = session_dirs(tmp_path_factory)
+    texts = calibration_texts(clean_frame(4), AutoTokenizer.from_pretrained(str(d["base"])))
+    return _cached(d["root"], "awq", lambda out: awq_quantize(d["base"], out, texts, AWQSettings(**TINY_AWQ)))
