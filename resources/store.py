@@ -29,6 +29,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
 _local = threading.local()
@@ -213,9 +214,9 @@ class DuckDBStore(dg.ConfigurableResource):
         with self.connect() as conn:
             return table_exists(conn, table)
 
-    def insert_df(self, table: str, df: pd.DataFrame, *, on_conflict: str = "error") -> int:
-        """Insert rows by column name; on_conflict: 'error' | 'ignore' | 'replace'."""
-        if df.empty:
+    def insert_df(self, table: str, df: pd.DataFrame | pa.Table, *, on_conflict: str = "error") -> int:
+        """Insert rows (a DataFrame or an Arrow table) by column name; on_conflict: 'error' | 'ignore' | 'replace'."""
+        if not _num_rows(df):
             return 0
         with self.connect() as conn:
             return insert_df(conn, table, df, on_conflict=on_conflict)
@@ -241,17 +242,30 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, database: str, statements: li
     _local.schema_done = done
 
 
-def insert_df(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, *, on_conflict: str = "error") -> int:
-    if df.empty:
+def _num_rows(df: pd.DataFrame | pa.Table) -> int:
+    return df.num_rows if isinstance(df, pa.Table) else len(df)
+
+
+def arrow_of(result: duckdb.DuckDBPyConnection) -> pa.Table:
+    """A query result as an Arrow table (DuckDB 2.x `to_arrow_table`, 1.x `fetch_arrow_table`)."""
+    return (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()
+
+
+def insert_df(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame | pa.Table, *,
+              on_conflict: str = "error") -> int:
+    """Insert a DataFrame or an Arrow table (vectors as list columns without per-row Python objects)."""
+    n = _num_rows(df)
+    if not n:
         return 0
     conn.register("_distill_rows", df)
     try:
-        cols = ", ".join(f'"{c}"' for c in df.columns)
+        names = df.column_names if isinstance(df, pa.Table) else df.columns
+        cols = ", ".join(f'"{c}"' for c in names)
         if not table_exists(conn, table):
             conn.execute(f"CREATE TABLE {table} AS SELECT {cols} FROM _distill_rows")
-            return len(df)
+            return n
         verb = {"error": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
         conn.execute(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM _distill_rows")
-        return len(df)
+        return n
     finally:
         conn.unregister("_distill_rows")
