@@ -1,11 +1,17 @@
-"""Our encode path (EmbedderResource.encode_cached: DuckDB cache lookup + encode of the misses + insert) vs plain
-SentenceTransformer.encode with the same batch size; then the warm-cache path.
+"""Embedding throughput, the former path against today's, side by side (texts/s, same texts, same process):
 
-    python benchmarks/embedding.py [--texts 1000]
+- old: SentenceTransformer.encode at batch 64 outside inference_mode, and the cache read into pandas (one
+  Python list per vector) and written from Python lists;
+- new: EmbedderResource.encode (torch threads = every allowed core, inference_mode, batch 32; texts sorted by
+  length by sentence-transformers) and encode_cached (Arrow in and out, each distinct text encoded once).
+
+Texts are the scale benchmark's (benchmarks/scale_workload.py): seed prompts (~23 tokens) and answers (~55).
+The vectors of both paths are compared (max |difference|).
+
+    python benchmarks/embedding.py [--texts 2000]
 """
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -13,38 +19,81 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
+import pandas as pd
+
+from benchmarks import scale_workload as wl
 from distill_assets.defs.resources import embedded_embedder
 from distill_assets.lib.ledger import open_store
-from distill_assets.lib.settings import embedded_embedder_dir  # noqa: E402
-from resources.embedder import _load  # noqa: E402
+from resources.embedder import text_hash
+from resources.store import insert_df
 
-WORDS = ("order refund account shipping password reset parcel carrier days page click email link support team "
-         "help please thanks within business warehouse return item price discount code").split()
+
+def old_encode(emb, texts: list[str]) -> np.ndarray:
+    vecs = emb._model().encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                               show_progress_bar=False)
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def old_encode_cached(emb, texts: list[str], store) -> np.ndarray:
+    """The former EmbedderResource.encode_cached, verbatim apart from its encode."""
+    hashes = [text_hash(t) for t in texts]
+    unique = list(dict.fromkeys(hashes))
+    with store.connect() as conn:
+        conn.register("_h", pd.DataFrame({"text_hash": unique}))
+        try:
+            got = conn.execute(
+                "SELECT e.text_hash, e.vector FROM embeddings e JOIN _h USING (text_hash) WHERE e.model = ?",
+                [emb.model_name]).df()
+        finally:
+            conn.unregister("_h")
+    known = {h: np.asarray(v, dtype=np.float32) for h, v in zip(got["text_hash"], got["vector"])}
+    first_text = {}
+    for h, t in zip(hashes, texts):
+        first_text.setdefault(h, t)
+    missing = [h for h in unique if h not in known]
+    if missing:
+        vecs = old_encode(emb, [first_text[h] for h in missing])
+        for h, v in zip(missing, vecs):
+            known[h] = v
+        rows = pd.DataFrame({"model": emb.model_name, "text_hash": missing, "vector": [v.tolist() for v in vecs]})
+        with store.connect() as conn:
+            insert_df(conn, "embeddings", rows, on_conflict="ignore")
+    return np.stack([known[h] for h in hashes]).astype(np.float32)
+
+
+def _timed(fn, *a):
+    t = time.perf_counter()
+    out = fn(*a)
+    return out, time.perf_counter() - t
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--texts", type=int, default=1000)
+    ap.add_argument("--texts", type=int, default=2000)
     args = ap.parse_args()
-    rng = random.Random(0)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) for _ in range(args.texts)]
+    prompts = wl.seed_prompts(args.texts, seed=1)
+    answers = [wl.answer(p) for p in prompts]
     emb = embedded_embedder()
-    model = _load(str(embedded_embedder_dir()), "cpu")
-    model.encode(texts[:64], batch_size=emb.batch_size)  # warm-up
-    t = time.perf_counter()
-    model.encode(texts, batch_size=emb.batch_size, normalize_embeddings=True, show_progress_bar=False)
-    plain = time.perf_counter() - t
-    with tempfile.TemporaryDirectory() as d:
-        store = open_store(str(Path(d) / "e.duckdb"))
-        emb.encode_cached(["warm-up"], store)
-        t = time.perf_counter()
-        emb.encode_cached(texts, store)
-        cold = time.perf_counter() - t
-        t = time.perf_counter()
-        emb.encode_cached(texts, store)
-        warm = time.perf_counter() - t
-    print(f"{args.texts} texts, batch {emb.batch_size}: plain encode {plain:6.2f} s | encode_cached cold "
-          f"{cold:6.2f} s ({cold / plain - 1:+.1%}) | warm (all cached) {warm:6.3f} s ({plain / warm:.0f}x faster)")
+    emb.encode(answers[:64])  # load and warm up
+    print(f"{'texts':<9}{'path':<22}{'old texts/s':>12}{'new texts/s':>12}{'speed-up':>10}{'max |diff|':>12}")
+    for name, texts in (("prompts", prompts), ("answers", answers)):
+        a, ta = _timed(old_encode, emb, texts)
+        b, tb = _timed(emb.encode, texts)
+        print(f"{name:<9}{'encode':<22}{len(texts) / ta:12.0f}{len(texts) / tb:12.0f}{ta / tb:9.2f}x"
+              f"{np.abs(a - b).max():12.1e}")
+        with tempfile.TemporaryDirectory() as d:
+            s_old, s_new = open_store(str(Path(d) / "old.duckdb")), open_store(str(Path(d) / "new.duckdb"))
+            old_encode_cached(emb, ["warm-up"], s_old)
+            emb.encode_cached(["warm-up"], s_new)
+            a, ta = _timed(old_encode_cached, emb, texts, s_old)
+            b, tb = _timed(emb.encode_cached, texts, s_new)
+            print(f"{name:<9}{'encode_cached (cold)':<22}{len(texts) / ta:12.0f}{len(texts) / tb:12.0f}"
+                  f"{ta / tb:9.2f}x{np.abs(a - b).max():12.1e}")
+            a, ta = _timed(old_encode_cached, emb, texts, s_old)
+            b, tb = _timed(emb.encode_cached, texts, s_new)
+            print(f"{name:<9}{'encode_cached (warm)':<22}{len(texts) / ta:12.0f}{len(texts) / tb:12.0f}"
+                  f"{ta / tb:9.2f}x{np.abs(a - b).max():12.1e}")
 
 
 if __name__ == "__main__":

@@ -371,6 +371,11 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, database: str, statements: li
     _local.schema_done = done
 
 
+def arrow_of(result: duckdb.DuckDBPyConnection) -> pa.Table:
+    """A query result as an Arrow table (DuckDB 2.x `to_arrow_table`, 1.x `fetch_arrow_table`)."""
+    return (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()
+
+
 def insert_df(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame | pa.Table, *,
               on_conflict: str = "error") -> int:
     """Insert `df` (DataFrame or Arrow table) by column name into `table` (created from it when missing)."""
