@@ -106,8 +106,7 @@ def connect_ducklake(catalog_dsn: str, data_path: str | Path, alias: str = "lake
         for name in EXTENSION_PACKAGES:  # postgres_scanner first: the ducklake ATTACH needs it
             con.execute(f"LOAD {_quote(str(extension_file(name)))}")
         data = str(data_path).rstrip("/") + "/"
-        # no inlining of small writes into the catalog: every row lives in Parquet under the data path. With
-        # inlining on, one of 8 concurrent partition writes once failed to cast a column (not reproduced alone)
+        # no inlining of small commits into the catalog database: every row lives in Parquet under the data path
         options = [f"DATA_PATH {_quote(data)}", "DATA_INLINING_ROW_LIMIT 0"]
         if metadata_schema:
             options.append(f"METADATA_SCHEMA {_quote(_ident(metadata_schema, 'metadata schema'))}")

@@ -1,9 +1,12 @@
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
 from distill_assets.lib.ledger import open_store
+from resources import lake
+from tests.fakes.postgres_server import PostgresServer, postgres_available
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -49,9 +52,6 @@ def duck_resources(db_path, store):
 def postgres():
     """A throwaway PostgreSQL server from the Debian package (initdb in a temp dir), stopped after the session;
     skips with the reason where the server binaries or the DuckLake extension packages are missing."""
-    from resources import lake
-    from tests.fakes.postgres_server import PostgresServer, postgres_available
-
     for ok, why in (postgres_available(), lake.ducklake_extensions_available()):
         if not ok:
             pytest.skip(why)
@@ -62,7 +62,5 @@ def postgres():
 @pytest.fixture
 def lake_location(postgres, tmp_path) -> dict:
     """A fresh DuckLake: its own Postgres database (catalog) and Parquet folder, as the store's fields."""
-    import uuid
-
     dsn = postgres.new_database("lake_" + uuid.uuid4().hex[:10])
     return {"catalog": dsn, "data_path": str(tmp_path / "lake_data")}

@@ -40,9 +40,12 @@ def annotate(df: pd.DataFrame, keep: Iterable[bool], reason: Iterable[str], evid
     keep = pd.Series(list(keep), index=out.index, dtype=bool)
     q = pd.Series(list(quarantined) if quarantined is not None else [False] * len(out), index=out.index, dtype=bool)
     out["keep"] = keep & ~q
-    out["verdict"] = [QUARANTINED if qi else (KEPT if k else DROPPED) for k, qi in zip(keep, q)]
-    out["reason"] = [r if r else ("ok" if k else "unspecified") for r, k in zip(list(reason), out["keep"])]
-    out["evidence"] = [_json(e) for e in evidence]
+    # object columns even when empty: pandas types an empty list float64, and the first (empty) partition written
+    # would create the table with a DOUBLE verdict column that no later partition's text fits into
+    text = lambda values: pd.Series(list(values), index=out.index, dtype=object)
+    out["verdict"] = text(QUARANTINED if qi else (KEPT if k else DROPPED) for k, qi in zip(keep, q))
+    out["reason"] = text(r if r else ("ok" if k else "unspecified") for r, k in zip(list(reason), out["keep"]))
+    out["evidence"] = text(_json(e) for e in evidence)
     return out
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from distill_assets.lib.ledger import open_store, record_lineage, register_artifact
+from distill_assets.lib.stages import annotate
 from resources import store as store_mod
 from resources.io_manager import StageTable, mark_written, write_lineage, write_table
 
@@ -116,3 +117,17 @@ def test_partition_writes_keep_columns_apart_after_a_column_was_added(tmp_path, 
     with store.connect() as conn:
         got = conn.execute("SELECT example_id, category, score, verdict FROM scored ORDER BY 1").fetchall()
     assert got == [("a1", "a", 1.5, None), ("b1", "b", 2.5, "kept")]
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
+def test_an_empty_first_partition_does_not_type_the_verdict_column(backend, tmp_path, request):
+    """Cross-category dedup can leave a stage of one category with no rows; when that partition is written first
+    it creates the table, and the next partition's verdicts must still fit its columns."""
+    where = request.getfixturevalue("lake_location") if backend == "ducklake" else {}
+    store = _open(str(tmp_path), where)
+    empty = annotate(pd.DataFrame({"example_id": pd.Series([], dtype=object), "category": "a"}), [], [], [])
+    full = annotate(pd.DataFrame({"example_id": ["b1"], "category": "b"}), [True], [""], [{}])
+    for frame, cat in ((empty, "a"), (full, "b")):
+        store.transact(lambda conn, f=frame, c=cat: write_table(conn, "main", "judged_like", f, "category", [c]))
+    with store.connect() as conn:
+        assert conn.execute("SELECT example_id, verdict FROM judged_like").fetchall() == [("b1", "kept")]
