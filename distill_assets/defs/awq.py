@@ -4,6 +4,7 @@ with its blocking parity check. Without the `awq` extra it materializes an expli
 import hashlib
 import json
 from dataclasses import asdict
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -25,10 +26,13 @@ class AWQExportConfig(dg.Config):
     batch_size: int = Field(default=8, ge=1, description="calibration blocks per forward pass")
     n_grid: int = Field(default=20, ge=1, description="AWQ scale grid points per mapping (cost is linear in it)")
     duo_scaling: bool = Field(default=True, description="scales from activations and weights (False: activations)")
+    weight_observer: Literal["memoryless_minmax", "memoryless_mse"] = Field(
+        default="memoryless_minmax", description="memoryless_mse searches each group's clipping range on the weights")
 
     def settings(self) -> awq_lib.AWQSettings:
         return awq_lib.AWQSettings(calibration_samples=self.calibration_samples, seq_len=self.seq_len,
-                                   batch_size=self.batch_size, n_grid=self.n_grid, duo_scaling=self.duo_scaling)
+                                   batch_size=self.batch_size, n_grid=self.n_grid, duo_scaling=self.duo_scaling,
+                                   weight_observer=self.weight_observer)
 
 
 @dg.asset(

@@ -38,6 +38,7 @@ class AWQSettings:
     batch_size: int = 8
     n_grid: int = 20  # AWQ's grid of scale exponents per mapping (llm-compressor's default)
     duo_scaling: bool = True  # scales from activations and weights (AWQ paper: activations only)
+    weight_observer: str = "memoryless_minmax"  # or "memoryless_mse": per-group clipping searched on the weights
 
 
 def awq_unavailable() -> str | None:
@@ -139,7 +140,8 @@ def build_recipe(group_size: int, settings: AWQSettings) -> list:
     from llmcompressor.modifiers.transform.awq import AWQModifier  # deferred: heavy optional dependency
 
     weights = QuantizationArgs(num_bits=4, type=QuantizationType.INT, strategy=QuantizationStrategy.GROUP,
-                               group_size=group_size, symmetric=False, dynamic=False)
+                               group_size=group_size, symmetric=False, dynamic=False,
+                               observer=settings.weight_observer)
     scheme = QuantizationScheme(targets=["Linear"], weights=weights)
     return [AWQModifier(n_grid=settings.n_grid, duo_scaling=settings.duo_scaling),
             QuantizationModifier(config_groups={"group_0": scheme}, ignore=list(IGNORE))]
