@@ -97,7 +97,7 @@ def _counts(database: Path, stage: str) -> tuple[int | None, int | None]:
 
 # ---------------------------------------------------------------- one N
 
-def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str]) -> dict[str, dict]:
+def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], save=lambda: None) -> dict[str, dict]:
     home = workdir / f"n{n}-{store}"
     tasks = home / "task" / "tasks.yaml"
     if stages == STAGES or not tasks.exists():
@@ -107,13 +107,14 @@ def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str]) -
            "TEACHER_MODEL": "fake-teacher", "TEACHER_MAX_CONCURRENCY": "64", "JUDGE_MODEL": "fake-judge",
            "TOKENIZERS_PARALLELISM": "false"}
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
-    out = {}
+    out: dict[str, dict] = {}
     for stage in stages:
         res = _spawn(stage, env)
         res["rows_in"], res["rows_out"] = _counts(home / "distill.duckdb", stage)
         if stage == "seed_prompts":
             res["rows_in"] = n
         out[stage] = res
+        save(n, stage, res)  # kept as each stage ends: a long run stopped midway still reports what it did
         e = res["embed"]
         print(f"  n={n:>7} {stage:<17} run {res['run_s']:7.1f}s (embedding {e['encode_s']:6.1f}s, "
               f"{e['encoded']} new texts) rows {res['rows_in']} -> {res['rows_out']}  rss {res['rss_gb']:.2f} GB",
@@ -135,7 +136,7 @@ def table(results: dict[str, dict[int, dict[str, dict]]]) -> str:
         head = "| stage | " + " | ".join(f"N={n:,}: run s (embed s) | rows in -> out | RSS GB" for n in ns)
         head += f" | exponent {ns[0]:,}->{ns[-1]:,} (run; non-embedding) |" if len(ns) > 1 else " |"
         lines += [f"store: {store}", head, "|" + "---|" * (head.count("|") - 1)]
-        for stage in [s for s in STAGES if all(s in by_n[n] for n in ns)]:
+        for stage in [s for s in STAGES if all(s in by_n[n] for n in ns)]:  # a stopped run: what all have
             cells = []
             for n in ns:
                 r = by_n[n][stage]
@@ -151,6 +152,8 @@ def table(results: dict[str, dict[int, dict[str, dict]]]) -> str:
             lines.append(f"| {stage} | " + " | ".join(cells) + " |")
         for n in ns:
             runs = by_n[n]
+            if not runs:
+                continue
             emb = sum(r["embed"]["encode_s"] for r in runs.values())
             texts = sum(r["embed"]["encoded"] for r in runs.values())
             asked = sum(r["embed"]["requested"] for r in runs.values())
@@ -178,10 +181,15 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES,
                     help="rerun only these stages on the runs kept in --workdir (default: all, from scratch)")
+    ap.add_argument("--report", metavar="JSON", help="print the table of a saved --json file and exit")
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
     if args.stage:
         return run_stage(args.stage)
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        print(table({s: {int(n): v for n, v in r.items()} for s, r in saved.items()}))
+        return 0
     stores = ["file", "ducklake"] if args.store == "both" else [args.store]
     if "ducklake" in stores and not _lake_supported():
         print("ducklake: needs DISTILL_STORE=ducklake support (the DuckLake store is not in this checkout)",
@@ -193,19 +201,25 @@ def main() -> int:
     workdir = Path(args.workdir or tmp.name).resolve()
     results: dict[str, dict[int, dict]] = {}
     t0 = time.perf_counter()
+
+    def saver(store: str):
+        def save(n: int, stage: str, res: dict) -> None:
+            results.setdefault(store, {}).setdefault(n, {})[stage] = res
+            if args.json:
+                Path(args.json).write_text(json.dumps(
+                    {s: {str(k): v for k, v in r.items()} for s, r in results.items()}, indent=1))
+        return save
+
     try:
         with FakeOpenAIServer(responder=wl.respond, tool_responder=None, model="fake-teacher") as srv:
             for store in stores:
-                for n in sorted(args.n):
-                    results.setdefault(store, {})[n] = run_n(n, workdir, srv.base_url, store, args.stages)
+                for n in args.n:  # in the order given: the largest first still gets its figures if stopped
+                    run_n(n, workdir, srv.base_url, store, args.stages, saver(store))
     finally:
         if tmp:
             tmp.cleanup()
     print(f"\n=== benchmarks/scale ({os.cpu_count()} cores, {time.perf_counter() - t0:.0f} s) ===")
     print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps({s: {str(n): v for n, v in r.items()} for s, r in results.items()},
-                                              indent=1))
     return 0
 
 

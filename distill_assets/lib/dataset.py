@@ -33,7 +33,7 @@ COLUMNS = ["example_id", "category", "messages", "split"] + PROVENANCE + ["tools
 _KEEP_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
 
-def build_messages(row: pd.Series) -> list[dict]:
+def build_messages(row: dict | pd.Series) -> list[dict]:
     msgs = None
     if isinstance(row.get("messages"), str):
         try:
@@ -69,7 +69,9 @@ def clean_frame(df: pd.DataFrame, category: Category, tokenizer=None) -> tuple[p
     """(annotated input rows for the ledger, the clean dataset table)."""
     if tokenizer is None:
         tokenizer = student_tokenizer()
-    msgs = [build_messages(r) for _, r in df.iterrows()]
+    # plain dicts of the four columns read, not iterrows (a Series built per row of every column)
+    cols = [c for c in ("messages", "instruction", "response", "system_prompt") if c in df.columns]
+    msgs = [build_messages(r) for r in df[cols].to_dict("records")]
     tools = category.tools_json()
     problems = [template_problem(m, tokenizer, tools) for m in msgs]
     bad = [p is not None for p in problems]
