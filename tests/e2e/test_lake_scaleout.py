@@ -114,7 +114,8 @@ def test_eight_partitions_and_a_backfill_on_ducklake_and_postgres(tmp_path, post
     store = open_store(str(tmp_path / "home" / "distill.duckdb"), **lake_location)
     assert store.is_lake
     for table in CHAIN:
-        per_cat = store.query_df(f"SELECT category, count(*) AS n, count(DISTINCT example_id) AS ids "
+        key = "seed_id" if table == "seed_prompts" else "example_id"
+        per_cat = store.query_df(f"SELECT category, count(*) AS n, count(DISTINCT {key}) AS ids "
                                  f"FROM {table} GROUP BY 1")
         assert sorted(per_cat["category"]) == sorted(CATS), table  # every partition landed
         assert (per_cat["n"] == per_cat["ids"]).all(), table  # nothing doubled
