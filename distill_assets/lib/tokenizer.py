@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,34 +23,61 @@ GGUF_SPECIAL_TOKENS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": 
                        "unk_token": "tokenizer.ggml.unknown_token_id", "pad_token": "tokenizer.ggml.padding_token_id"}
 
 
-def gguf_special_token_ids(gguf_path: str | Path) -> dict[str, int]:
-    """{bos_token|eos_token|unk_token|pad_token: id} as the GGUF file's metadata names them."""
+def _gguf_fields(gguf_path: str | Path) -> dict:
     from gguf import GGUFReader  # deferred: heavy optional dependency
 
     fields = GGUFReader(str(gguf_path)).fields
     out = {}
-    for attr, key in GGUF_SPECIAL_TOKENS.items():
+    for key in [*GGUF_SPECIAL_TOKENS.values(), "tokenizer.ggml.model"]:
         f = fields.get(key)
         if f is not None and f.data:
-            out[attr] = int(f.parts[f.data[0]][0])
+            v = f.parts[f.data[0]]
+            out[key] = bytes(v).decode() if key == "tokenizer.ggml.model" else int(v[0])
     return out
 
 
-def gguf_tokenizer(gguf_path: str | Path):
-    """The tokenizer of a GGUF file (transformers' conversion), with the special tokens the file names.
+def gguf_special_token_ids(gguf_path: str | Path) -> dict[str, int]:
+    """{bos_token|eos_token|unk_token|pad_token: id} as the GGUF file's metadata names them."""
+    fields = _gguf_fields(gguf_path)
+    return {attr: fields[key] for attr, key in GGUF_SPECIAL_TOKENS.items() if key in fields}
 
-    transformers 5.17 (llm-compressor's pin) converts a Llama GGUF tokenizer with eos set to the bos token and no
-    pad token (`GGUFLlamaConverter.tokenizer` in transformers/integrations/ggml.py); later versions read them
-    right. The file's metadata is the reference either way."""
+
+def _byte_level_bpe(spec: dict) -> dict:
+    """A byte-level BPE backend (GGUF tokenizer model "gpt2") as tokenizers builds one: no normalizer, ByteLevel
+    pre-tokenizer and decoder, no byte fallback or unk token (every byte has a token)."""
+    spec = dict(spec)
+    spec["normalizer"] = None
+    spec["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    spec["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    spec["model"] = {**spec["model"], "byte_fallback": False, "fuse_unk": False, "unk_token": None,
+                     "continuing_subword_prefix": "", "end_of_word_suffix": ""}
+    return spec
+
+
+def gguf_tokenizer(gguf_path: str | Path, out_dir: str | Path):
+    """Convert a GGUF file's tokenizer into an HF tokenizer folder `out_dir` and load it from there.
+
+    transformers 5.17 (llm-compressor's pin) converts a Llama GGUF with the SentencePiece-style converter even
+    when its tokenizer is byte-level BPE ("gpt2"): eos set to the bos token, no pad token, and a decoder that
+    turns "\u2581" into a space (`GGUFLlamaConverter` in transformers/integrations/ggml.py); later versions
+    convert it right. The file's metadata decides either way: its special tokens, and for "gpt2" a plain
+    byte-level BPE backend with the converted vocabulary and merges."""
     from transformers import AutoTokenizer  # deferred: heavy optional dependency
 
-    gguf_path = Path(gguf_path)
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     for attr, token_id in gguf_special_token_ids(gguf_path).items():
         token = tok.convert_ids_to_tokens(token_id)
         if token is not None and getattr(tok, attr) != token:
             setattr(tok, attr, token)
-    return tok
+    tok.save_pretrained(str(out_dir))
+    if _gguf_fields(gguf_path).get("tokenizer.ggml.model") == "gpt2":
+        path = out_dir / "tokenizer.json"
+        spec = json.loads(path.read_text())
+        fixed = _byte_level_bpe(spec)
+        if fixed != spec:
+            path.write_text(json.dumps(fixed, ensure_ascii=False))
+    return AutoTokenizer.from_pretrained(str(out_dir))
 
 
 def _tokenizer_cache_dir(gguf: Path) -> Path:
@@ -73,17 +101,16 @@ def student_tokenizer(gguf_path: str | None = None):
             return AutoTokenizer.from_pretrained(str(cache))
         except Exception:  # a corrupt cache is rebuilt below
             pass
-    tok = gguf_tokenizer(gguf)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     try:
-        tok.save_pretrained(str(tmp))
         cache.parent.mkdir(parents=True, exist_ok=True)
+        gguf_tokenizer(gguf, tmp)
         if cache.exists():
             shutil.rmtree(cache, ignore_errors=True)
         os.replace(tmp, cache)
-    except OSError:
-        return tok  # an unwritable cache only costs the conversion next time
-    # the saved copy, so that the first call returns what every later one loads (its name_or_path included)
+    except OSError:  # an unwritable cache only costs the conversion next time
+        with tempfile.TemporaryDirectory() as d:
+            return gguf_tokenizer(gguf, d)
     return AutoTokenizer.from_pretrained(str(cache))
 
 

@@ -35,8 +35,8 @@ def tiny_models(tmp_path_factory):
     from distill_assets.lib.settings import embedded_teacher_gguf
     from distill_assets.lib.tokenizer import gguf_tokenizer
 
-    tok = gguf_tokenizer(embedded_teacher_gguf())
     root = tmp_path_factory.mktemp("models")
+    tok = gguf_tokenizer(embedded_teacher_gguf(), root / "tokenizer")
     out = {}
     for name, seed in (("base", 0), ("merged", 1)):
         torch.manual_seed(seed)

@@ -3,14 +3,21 @@ version the project runs on (5.17, llm-compressor's pin, converts eos wrong), an
 first call returns too."""
 
 from distill_assets.lib.settings import embedded_teacher_gguf
-from distill_assets.lib.tokenizer import gguf_special_token_ids, gguf_tokenizer, student_tokenizer
+from distill_assets.lib.tokenizer import gguf_special_token_ids, gguf_tokenizer, student_tokenizer, token_bounds
 
 
-def test_gguf_tokenizer_keeps_the_files_special_tokens():
+def test_gguf_tokenizer_keeps_the_files_special_tokens_and_byte_level_bpe(tmp_path):
+    import json
+
     g = embedded_teacher_gguf()
     ids = gguf_special_token_ids(g)
     assert ids == {"bos_token": 1, "eos_token": 2, "unk_token": 0, "pad_token": 2}  # SmolLM2's GGUF metadata
-    tok = gguf_tokenizer(g)
+    tok = gguf_tokenizer(g, tmp_path)
+    spec = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert spec["normalizer"] is None and spec["decoder"]["type"] == "ByteLevel"
+    assert not spec["model"]["byte_fallback"] and token_bounds(tok) == "words"
+    text = "a \u2581 b naïve 🇫🇷"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text  # byte-level round trip
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     assert (tok.eos_token_id, tok.pad_token_id) == (2, 2)
 

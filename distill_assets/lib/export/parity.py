@@ -29,6 +29,8 @@ GGUF_THRESHOLDS: dict[str, dict[str, float]] = {
 }
 
 # W4A16 group 64 (llm-compressor AWQ) is held to the 4-bit GGUF bar: both are 4-bit weights with per-group scales.
+# Measured on the packaged SmolLM2-135M-Instruct (dequantized from its Q4_1 GGUF), same prompts: 16 calibration
+# blocks x 256 tokens, n_grid 5 (the quickstart's) top-1 0.747, ppl ratio 1.122; 16 x 512 tokens 0.773, 1.190.
 AWQ_THRESHOLDS: dict[str, dict[str, float]] = {"w4a16": dict(GGUF_THRESHOLDS["q4_k_m"])}
 
 

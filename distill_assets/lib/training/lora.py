@@ -6,6 +6,7 @@ every epoch, stops on NaN/inf, resumes from the last checkpoint, and writes the 
 provenance, train manifest, loss history and loss curve.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -189,13 +190,17 @@ def build_sft_config(plan: TrainPlan, output_dir: Path, **overrides):
         bf16=plan.bf16,
         fp16=False,
         use_cpu=plan.device == "cpu",
-        activation_checkpointing=plan.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
         seed=plan.seed,
         data_seed=plan.seed,
         dataloader_pin_memory=plan.device == "cuda",
         dataloader_num_workers=0,
         optim="paged_adamw_8bit" if plan.use_qlora else "adamw_torch",
     )
+    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing; 5.17 (with the awq extra) has
+    # the old name
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    kw["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = \
+        plan.gradient_checkpointing
     kw.update(overrides)
     return SFTConfig(**kw)
 

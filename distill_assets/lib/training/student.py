@@ -24,7 +24,7 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> dict:
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tok = gguf_tokenizer(gguf_path)
+    tok = gguf_tokenizer(gguf_path, out_dir)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     cfg_dict = loaded.config.to_dict()
     cfg_dict.pop("quantization_config", None)

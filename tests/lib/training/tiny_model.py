@@ -24,8 +24,7 @@ def save_tokenizer(out: Path) -> Path:
     from distill_assets.lib.settings import embedded_teacher_gguf
     from distill_assets.lib.tokenizer import gguf_tokenizer
 
-    tok = gguf_tokenizer(embedded_teacher_gguf())
-    tok.save_pretrained(out)
+    gguf_tokenizer(embedded_teacher_gguf(), out)
     return out
 
 
