@@ -82,8 +82,9 @@ def gguf_tokenizer(gguf_path: str | Path, out_dir: str | Path):
 
 def _tokenizer_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
-    # "-s2": conversions with the GGUF's own special tokens (see gguf_tokenizer); older caches are not reused
-    return cache_root() / "tokenizers" / f"{gguf.stem}-{st.st_size}-s2"
+    # "-s3": conversions with the GGUF's own special tokens (see gguf_tokenizer); bumped on any change to the
+    # conversion, so that no older cache is reused
+    return cache_root() / "tokenizers" / f"{gguf.stem}-{st.st_size}-s3"
 
 
 @lru_cache(maxsize=2)

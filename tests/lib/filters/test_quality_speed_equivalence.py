@@ -136,7 +136,14 @@ def test_hashed_ngram_ratio_is_an_upper_bound_and_exact_in_practice(texts_):
     up = bk.ngram_ratio_upper(texts_)
     exact = np.array([repeat_ngram_ratio(t) for t in texts_])
     assert (up >= exact).all()
-    assert np.allclose(up, exact)
+    # words are keyed by their first 8 bytes and their length: exact unless two distinct words share that key
+    # (the filter recounts such rows exactly when the bound says "over the limit")
+    def merges_words(t: str) -> bool:
+        words = set(t.casefold().split())
+        return len({(w.encode()[:8], len(w.encode())) for w in words}) < len(words)
+
+    plain = np.array([not merges_words(t) for t in texts_])
+    assert np.allclose(up[plain], exact[plain])
 
 
 @SETTINGS
