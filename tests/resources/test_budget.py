@@ -56,17 +56,23 @@ def test_four_processes_share_one_cap(tmp_path):
         assert spent <= cap + 4 * call_cost + 1e-9, (spent, cap)
         assert ok >= 15 and stopped > 0 and ok + stopped == 60
         assert srv.total == ok  # a stopped call is never sent
-        # a rerun after the cap: nothing is sent, and the result says why
+        # reruns after the cap: a worker stopped while another held a grant it later returned can leave headroom
+        # for a few calls; past it nothing is sent, and the result says why
+        headroom = int((cap - spent) // call_cost + 1e-9)
         before = srv.total
         llm = LLMResource(base_url=srv.base_url, model="m", price_completion_per_1m=PRICE, max_budget_usd=cap,
                           env_prefix="TEACHER")
-        with llm.session(open_store(db)) as s:
-            res = s.complete([ChatRequest(messages=[{"role": "user", "content": "one more"}], max_tokens=MAX_TOKENS)])
-            status = s.budget_status()
-        assert srv.total == before
+        for i in range(headroom + 1):
+            with llm.session(open_store(db)) as s:
+                res = s.complete([ChatRequest(messages=[{"role": "user", "content": f"one more {i}"}],
+                                              max_tokens=MAX_TOKENS)])
+                status = s.budget_status()
+            if res[0].status == "budget_exceeded":
+                break
+        assert srv.total - before <= headroom
         assert res[0].status == "budget_exceeded"
         assert "TEACHER_MAX_BUDGET_USD" in res[0].error and "across every run" in res[0].error
-        assert status["remaining_usd"] == pytest.approx(max(0.0, cap - spent), abs=1e-6)
+        assert status["remaining_usd"] == pytest.approx(max(0.0, cap - _spent(db)), abs=1e-6)
 
 
 def test_cached_calls_cost_nothing_and_scopes_are_separate(tmp_path):
