@@ -4,7 +4,7 @@
     python benchmarks/quickstart.py --keep DIR      # keep the data directory (inspect it with `distill ui`)
     python benchmarks/quickstart.py --json out.json # also write the figures as JSON
 
-Budget: the whole graph in <= 600 s of wall time on 2 CPU cores (issue 8). Exits 1 if a stage fails, and 3
+Budget: the whole graph in <= 600 s of wall time on 2 CPU cores. Exits 1 if a stage fails, and 3
 if it succeeded but took longer than --budget.
 """
 
