@@ -5,7 +5,8 @@ rows in and out, peak RSS, and the growth exponent of the wall time from the sma
 
     python benchmarks/scale.py --n 10000 100000            # file store
     python benchmarks/scale.py --n 200 --json out.json      # smoke size
-    python benchmarks/scale.py --store ducklake ...         # needs DISTILL_STORE=ducklake support
+    python benchmarks/scale.py --store both --n 10000       # the file store and a DuckLake side by side
+                                                            # (a throwaway PostgreSQL server is its catalog)
 
 Targets on 2 cores at 100k: every stage but its embedding within 2 minutes, peak RSS <= 6 GB, no stage worse
 than linear except near-dup (the exponent is printed).
@@ -14,6 +15,7 @@ than linear except near-dup (the exponent is printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -73,36 +75,46 @@ def _spawn(stage: str, env: dict) -> dict:
 
 # ---------------------------------------------------------------- rows in and out, from the store
 
-def _counts(database: Path, stage: str) -> tuple[int | None, int | None]:
+def _counts(where: dict, stage: str) -> tuple[int | None, int | None]:
+    """(rows in, rows out) of `stage`, read through the store the run wrote to (a file or a DuckLake)."""
     import duckdb
 
-    con = duckdb.connect(str(database), read_only=True)
-    try:
-        def table_count(name: str, kept_only: bool) -> int | None:
-            found = con.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = ?",
-                                [name]).fetchall()
-            if not found:
-                return None
-            t = f"{found[0][0]}.{name}"
-            cols = {r[0] for r in con.execute(f"DESCRIBE {t}").fetchall()}
-            where = "WHERE keep" if kept_only and "keep" in cols else ""
-            return int(con.execute(f"SELECT count(*) FROM {t} {where}").fetchone()[0])
+    from resources.store import DuckDBStore
 
-        if stage in UPSTREAM:
-            return table_count(UPSTREAM[stage], True), table_count(stage, False)
-        return table_count(stage, False), table_count(stage, True)
-    finally:
-        con.close()
+    store = DuckDBStore(**where)
+
+    def table_count(name: str, kept_only: bool) -> int | None:
+        try:
+            cols = set(store.query_df(f"SELECT * FROM {name} LIMIT 0").columns)
+        except duckdb.CatalogException:
+            return None
+        where_sql = "WHERE keep" if kept_only and "keep" in cols else ""
+        return int(store.query_df(f"SELECT count(*) AS n FROM {name} {where_sql}")["n"][0])
+
+    if stage in UPSTREAM:
+        return table_count(UPSTREAM[stage], True), table_count(stage, False)
+    return table_count(stage, False), table_count(stage, True)
 
 
 # ---------------------------------------------------------------- one N
 
-def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], save=lambda: None) -> dict[str, dict]:
+def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], save=lambda: None,
+          pg=None) -> dict[str, dict]:
+    """One N on one store; `pg`: the Postgres server whose fresh database is the DuckLake's catalog."""
     home = workdir / f"n{n}-{store}"
     tasks = home / "task" / "tasks.yaml"
     if stages == STAGES or not tasks.exists():
         tasks = wl.write_workload(home / "task", n)
-    env = {**os.environ, "DISTILL_HOME": str(home), "DISTILL_TASKS": str(tasks),
+    where: dict = {"database": str(home / "distill.duckdb")}
+    lake_env: dict = {}
+    if store == "ducklake":
+        catalog_file = home / "catalog.dsn"  # --stages reruns reuse the run's own catalog
+        if stages == STAGES or not catalog_file.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            catalog_file.write_text(pg.new_database(f"scale_{n}_{os.getpid()}_{int(time.time())}"))
+        where = {"catalog": catalog_file.read_text(), "data_path": str(home / "lake_data")}
+        lake_env = {"DISTILL_STORE": f"ducklake:postgres:{where['catalog']}", "DISTILL_DATA_PATH": where["data_path"]}
+    env = {**os.environ, **lake_env, "DISTILL_HOME": str(home), "DISTILL_TASKS": str(tasks),
            "DAGSTER_HOME": str(home / "dagster_home"), "TEACHER_BASE_URL": base_url,
            "TEACHER_MODEL": "fake-teacher", "TEACHER_MAX_CONCURRENCY": "64", "JUDGE_MODEL": "fake-judge",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -110,7 +122,7 @@ def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], s
     out: dict[str, dict] = {}
     for stage in stages:
         res = _spawn(stage, env)
-        res["rows_in"], res["rows_out"] = _counts(home / "distill.duckdb", stage)
+        res["rows_in"], res["rows_out"] = _counts(where, stage)
         if stage == "seed_prompts":
             res["rows_in"] = n
         out[stage] = res
@@ -167,10 +179,15 @@ def table(results: dict[str, dict[int, dict[str, dict]]]) -> str:
     return "\n".join(lines)
 
 
-def _lake_supported() -> bool:
-    from distill_assets.lib import settings
+def _lake_missing() -> str | None:
+    """Why a DuckLake run cannot start here (no PostgreSQL server binaries, no DuckLake extension), or None."""
+    from resources import lake
+    from tests.fakes.postgres_server import postgres_available
 
-    return hasattr(settings, "store_spec")
+    for ok, why in (postgres_available(), lake.ducklake_extensions_available()):
+        if not ok:
+            return why
+    return None
 
 
 def main() -> int:
@@ -191,11 +208,11 @@ def main() -> int:
         print(table({s: {int(n): v for n, v in r.items()} for s, r in saved.items()}))
         return 0
     stores = ["file", "ducklake"] if args.store == "both" else [args.store]
-    if "ducklake" in stores and not _lake_supported():
-        print("ducklake: needs DISTILL_STORE=ducklake support (the DuckLake store is not in this checkout)",
-              file=sys.stderr)
+    if "ducklake" in stores and (why := _lake_missing()):
+        print(f"ducklake: {why}", file=sys.stderr)
         return 2
     from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.fakes.postgres_server import PostgresServer
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="distill-scale-")
     workdir = Path(args.workdir or tmp.name).resolve()
@@ -211,10 +228,14 @@ def main() -> int:
         return save
 
     try:
-        with FakeOpenAIServer(responder=wl.respond, tool_responder=None, model="fake-teacher") as srv:
+        with contextlib.ExitStack() as stack:
+            srv = stack.enter_context(FakeOpenAIServer(responder=wl.respond, tool_responder=None,
+                                                       model="fake-teacher"))
+            # the DuckLake's catalog: a throwaway PostgreSQL server, as a cluster's would be a shared one
+            pg = stack.enter_context(PostgresServer()) if "ducklake" in stores else None
             for store in stores:
                 for n in args.n:  # in the order given: the largest first still gets its figures if stopped
-                    run_n(n, workdir, srv.base_url, store, args.stages, saver(store))
+                    run_n(n, workdir, srv.base_url, store, args.stages, saver(store), pg=pg)
     finally:
         if tmp:
             tmp.cleanup()
