@@ -341,25 +341,24 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, ke
     if df.empty:
         return 0
     if not table_exists(con, table):
-        view = f"_create_{_ident(table, 'table')}"
-        con.register(view, df)
-        try:
-            con.execute(f"CREATE TABLE {table} AS SELECT * FROM {view}")
-        finally:
-            con.unregister(view)
+        _over_frame(con, df, f"_create_{_ident(table, 'table')}", f"CREATE TABLE {table} AS SELECT * FROM {{view}}")
         return len(df)
     if keys:
         guard(con, table)
         if on_conflict != "error":
             return upsert_df(con, table, df, keys, on_conflict=on_conflict)
         _check_new_keys(con, table, df, keys)
-    view = f"_insert_{_ident(table, 'table')}"
+    _over_frame(con, df, f"_insert_{_ident(table, 'table')}", f"INSERT INTO {table} BY NAME SELECT * FROM {{view}}")
+    return len(df)
+
+
+def _over_frame(con: duckdb.DuckDBPyConnection, df: pd.DataFrame, view: str, sql: str) -> None:
+    """Run `sql` with `df` registered as `{view}`, unregistered afterwards."""
     con.register(view, df)
     try:
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+        con.execute(sql.format(view=view))
     finally:
         con.unregister(view)
-    return len(df)
 
 
 def _check_new_keys(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, keys: Sequence[str]) -> None:
