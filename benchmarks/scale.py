@@ -112,7 +112,7 @@ def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], s
         if stages == STAGES or not catalog_file.exists():
             home.mkdir(parents=True, exist_ok=True)
             catalog_file.write_text(pg.new_database(f"scale_{n}_{os.getpid()}_{int(time.time())}"))
-        where = {"catalog": catalog_file.read_text(), "data_path": str(home / "lake_data")}
+        where = {**where, "catalog": catalog_file.read_text(), "data_path": str(home / "lake_data")}
         lake_env = {"DISTILL_STORE": f"ducklake:postgres:{where['catalog']}", "DISTILL_DATA_PATH": where["data_path"]}
     env = {**os.environ, **lake_env, "DISTILL_HOME": str(home), "DISTILL_TASKS": str(tasks),
            "DAGSTER_HOME": str(home / "dagster_home"), "TEACHER_BASE_URL": base_url,
