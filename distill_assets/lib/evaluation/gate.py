@@ -122,5 +122,4 @@ def record_decision(store: DuckDBStore, adapter_version: str, decision: dict, se
         "failed_categories": json.dumps(decision["failed_categories"]), "reasons": json.dumps(decision["reasons"]),
         "severity": severity, "eval_run_id": run_id, "decided_at": datetime.now(UTC),
     }])
-    with store.connect():
-        store.insert_df("model_versions", row, on_conflict="replace")
+    store.insert_df("model_versions", row, on_conflict="replace")

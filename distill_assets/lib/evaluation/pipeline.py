@@ -69,9 +69,11 @@ def judge_pair_frame(scored: pd.DataFrame, judge_exports: bool, categories: set[
 
 def store_results(store: DuckDBStore, results: pd.DataFrame, summary: pd.DataFrame, version: str) -> None:
     """Replace this adapter version's eval_results and eval_summary rows, in one transaction."""
-    with store.connect():  # results and summary of a version change together
+    def replace(conn) -> None:  # results and summary of a version change together
         store.replace_rows("eval_results", results, "adapter_version = ?", [version])
         store.replace_rows("eval_summary", summary, "adapter_version = ?", [version])
+
+    store.transact(replace)
 
 
 def write_eval_report(store: DuckDBStore, *, results: pd.DataFrame, summary: pd.DataFrame,

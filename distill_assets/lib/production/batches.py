@@ -70,9 +70,10 @@ def plan_batches(store: DuckDBStore, cursor: dict[str, int], now: datetime, task
     """Decide which categories fire, record the new batches, and return the next cursor.
 
     Recording happens in one transaction; the same inputs always give the same batch keys."""
-    plan = Plan(batches=[], cursor=dict(cursor))
-    fresh: list[Batch] = []
-    with store.connect() as conn:
+
+    def record(conn) -> Plan:  # may run again after a lake commit conflict: every try starts afresh
+        plan = Plan(batches=[], cursor=dict(cursor))
+        fresh: list[Batch] = []
         rows = conn.execute(
             """SELECT failure_id, category, status, ingest_seq, ingested_at, batch_key FROM production_failures
                ORDER BY ingest_seq"""
@@ -129,4 +130,6 @@ def plan_batches(store: DuckDBStore, cursor: dict[str, int], now: datetime, task
                 )
                 plan.cursor[b.category] = max(plan.cursor.get(b.category, 0), b.max_seq)
             plan.batches.extend(fresh)
-    return plan
+        return plan
+
+    return store.transact(record)

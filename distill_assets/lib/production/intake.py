@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -92,12 +92,13 @@ def _store(store: DuckDBStore, report: IngestReport, good: pd.DataFrame, tasks: 
            now: datetime, file_record: dict | None, origin: str) -> IngestReport:
     """One transaction: new failures (with fresh ingest_seq), duplicate notes, rejects, the file record."""
     rows = _normalize(good, tasks, origin, now) if not good.empty else pd.DataFrame()
-    with store.connect() as conn:
+    def write(conn) -> IngestReport:  # may run again after a lake commit conflict: from the same report
+        rep = replace(report, rejects=list(report.rejects), failure_ids=list(report.failure_ids))
         if not rows.empty:
             first = rows.drop_duplicates("failure_id", keep="first")
             for _, r in rows[rows.duplicated("failure_id", keep="first")].iterrows():
                 line0 = int(first.loc[first["failure_id"] == r["failure_id"], "source_line"].iloc[0])
-                report.rejects.append(reject_row(report.source, int(r["source_line"]), "failure_id", "duplicate",
+                rep.rejects.append(reject_row(rep.source, int(r["source_line"]), "failure_id", "duplicate",
                                               r["failure_id"], f"same failure as line {line0}"))
             existing = conn.execute(
                 "SELECT failure_id, status FROM production_failures WHERE list_contains(?, failure_id)",
@@ -105,31 +106,33 @@ def _store(store: DuckDBStore, report: IngestReport, good: pd.DataFrame, tasks: 
             ).fetchall()
             known = dict(existing)
             for _, r in first[first["failure_id"].isin(known)].iterrows():
-                report.rejects.append(reject_row(report.source, int(r["source_line"]), "failure_id", "duplicate",
+                rep.rejects.append(reject_row(rep.source, int(r["source_line"]), "failure_id", "duplicate",
                                               r["failure_id"], f"already stored (status {known[r['failure_id']]})"))
             new = first[~first["failure_id"].isin(known)].reset_index(drop=True)
             assign_splits(conn, new, tasks)
-            report.duplicates = int(len(rows) - len(new))
+            rep.duplicates = int(len(rows) - len(new))
             if not new.empty:
                 seq0 = conn.execute("SELECT coalesce(max(ingest_seq), 0) FROM production_failures").fetchall()[0][0]
                 new["ingest_seq"] = range(int(seq0) + 1, int(seq0) + 1 + len(new))
                 insert_df(conn, "production_failures", new, on_conflict="error")
-                report.inserted = int(len(new))
-                report.held_out = int((new["status"] == HELD_OUT).sum())
-                report.failure_ids = new["failure_id"].tolist()
-        if report.rejects:
-            rj = pd.DataFrame(report.rejects, columns=["source", "line", "field", "reason", "raw", "detail"])
+                rep.inserted = int(len(new))
+                rep.held_out = int((new["status"] == HELD_OUT).sum())
+                rep.failure_ids = new["failure_id"].tolist()
+        if rep.rejects:
+            rj = pd.DataFrame(rep.rejects, columns=["source", "line", "field", "reason", "raw", "detail"])
             rj["line"] = rj["line"].astype("Int32")
             rj["rejected_at"] = pd.Timestamp(now)
             insert_df(conn, "failure_rejects", rj)
-        bad_lines = {(r["line"]) for r in report.rejects if r["reason"] != "duplicate"}
-        report.rejected = len(bad_lines)
+        bad_lines = {(r["line"]) for r in rep.rejects if r["reason"] != "duplicate"}
+        rep.rejected = len(bad_lines)
         if file_record is not None:
             insert_df(conn, "failure_files", pd.DataFrame([{
-                "sha256": file_record["sha256"], "path": file_record["path"], "lines": report.lines,
-                "inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates,
+                "sha256": file_record["sha256"], "path": file_record["path"], "lines": rep.lines,
+                "inserted": rep.inserted, "rejected": rep.rejected, "duplicates": rep.duplicates,
                 "ingested_at": now}]), on_conflict="replace")
-    return report
+        return rep
+
+    return store.transact(write)
 
 
 def add_failures(store: DuckDBStore, records: list[dict], source: str = "python", *,

@@ -245,15 +245,16 @@ def comparison_markdown(decision: dict) -> str:
 
 def record(store: DuckDBStore, decision: dict, resolved: int, run_id: str) -> None:
     cmp = decision["comparison"]
-    with store.connect() as conn:
-        insert_df(conn, "promotion_decisions", pd.DataFrame([{
-            "adapter_version": decision["candidate"], "baseline_version": decision["baseline_version"],
-            "gate_promoted": decision["gate_promoted"], "promoted": decision["promoted"],
-            "heldout_n": cmp["heldout"]["n"], "heldout_candidate": cmp["heldout"]["candidate"],
-            "heldout_baseline": cmp["heldout"]["baseline"], "eval_n": cmp["eval"]["n"],
-            "eval_candidate": cmp["eval"]["candidate"], "eval_baseline": cmp["eval"]["baseline"],
-            "reasons": json.dumps(cmp["reasons"]), "resolved": resolved, "run_id": run_id,
-            "decided_at": utcnow()}]), on_conflict="replace")
+    decided = pd.DataFrame([{
+        "adapter_version": decision["candidate"], "baseline_version": decision["baseline_version"],
+        "gate_promoted": decision["gate_promoted"], "promoted": decision["promoted"],
+        "heldout_n": cmp["heldout"]["n"], "heldout_candidate": cmp["heldout"]["candidate"],
+        "heldout_baseline": cmp["heldout"]["baseline"], "eval_n": cmp["eval"]["n"],
+        "eval_candidate": cmp["eval"]["candidate"], "eval_baseline": cmp["eval"]["baseline"],
+        "reasons": json.dumps(cmp["reasons"]), "resolved": resolved, "run_id": run_id, "decided_at": utcnow()}])
+
+    def write(conn) -> None:  # may run again after a lake commit conflict
+        insert_df(conn, "promotion_decisions", decided, on_conflict="replace")
         if decision["gate_promoted"] and not decision["promoted"]:
             # the absolute gate passed but the candidate regressed: the previous promoted model keeps serving
             row = conn.execute("SELECT reasons FROM model_versions WHERE adapter_version = ?",
@@ -261,3 +262,5 @@ def record(store: DuckDBStore, decision: dict, resolved: int, run_id: str) -> No
             reasons = json.loads(row[0][0]) if row and row[0][0] else []
             conn.execute("UPDATE model_versions SET promoted = false, reasons = ? WHERE adapter_version = ?",
                          [json.dumps(reasons + cmp["reasons"]), decision["candidate"]])
+
+    store.transact(write)

@@ -71,7 +71,9 @@ def set_status(store: DuckDBStore, failures: Any, new_status: str, *, resolved_b
     sources = [s for s, targets in TRANSITIONS.items() if new_status in targets]
     if not ids or not sources:
         return 0
-    with store.connect() as conn:
+    now = utcnow()
+
+    def move(conn) -> int:
         n = conn.execute(
             "SELECT count(*) FROM production_failures WHERE list_contains(?, failure_id) AND list_contains(?, status)",
             [ids, sources],
@@ -80,9 +82,11 @@ def set_status(store: DuckDBStore, failures: Any, new_status: str, *, resolved_b
             """UPDATE production_failures SET status = ?, updated_at = ?,
                    resolved_by = CASE WHEN ? = 'resolved' THEN ? ELSE resolved_by END
                WHERE list_contains(?, failure_id) AND list_contains(?, status)""",
-            [new_status, utcnow(), new_status, resolved_by, ids, sources],
+            [new_status, now, new_status, resolved_by, ids, sources],
         )
-    return int(n)
+        return int(n)
+
+    return store.transact(move)
 
 
 def mark_in_training(store: DuckDBStore, failures: Any) -> int:
