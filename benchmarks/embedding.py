@@ -8,7 +8,12 @@
 Texts are the scale benchmark's (benchmarks/scale_workload.py): seed prompts (~23 tokens) and answers (~55).
 The vectors of both paths are compared (max |difference|, and the near-dup kept set at 0.9).
 
-    python benchmarks/embedding.py [--texts 2000]
+A second table puts the backends side by side on the same texts: the former path, torch (today's default) and
+onnx-int8 (EMBEDDER_BACKEND=onnx-int8: ONNX Runtime, fused graph, int8 weights), with the agreement of the near-dup
+kept set against torch's at the demo threshold and at 0.85/0.95 (the templated texts sit close together, so
+many pairs are near each threshold).
+
+    python benchmarks/embedding.py [--texts 2000] [--backends-only]
 """
 
 import argparse
@@ -71,12 +76,33 @@ def _timed(fn, *a):
     return out, time.perf_counter() - t
 
 
+def backends(prompts: list[str], answers: list[str]) -> None:
+    emb, fast = embedded_embedder(), embedded_embedder(backend="onnx-int8")
+    fast.encode(answers[:64])  # builds (once) and loads the int8 file
+    print(f"\n{'texts':<9}{'former/s':>10}{'torch/s':>10}{'int8/s':>10}{'vs former':>11}{'vs torch':>10}"
+          f"{'min cos':>9}   near-dup kept set agreement with torch (kept by torch)")
+    for name, texts in (("prompts", prompts), ("answers", answers)):
+        a, t_old = _timed(old_encode, emb, texts)
+        b, t_new = _timed(emb.encode, texts)
+        c, t_fast = _timed(fast.encode, texts)
+        agree = []
+        for th in (0.85, NEAR_DUP_THRESHOLD, 0.95):
+            kb, kc = greedy_near_dup(b, th).keep, greedy_near_dup(c, th).keep
+            agree.append(f"{th}: {(kb == kc).mean():.2%} ({int(kb.sum())})")
+        n = len(texts)
+        print(f"{name:<9}{n / t_old:10.0f}{n / t_new:10.0f}{n / t_fast:10.0f}{t_old / t_fast:10.2f}x"
+              f"{t_new / t_fast:9.2f}x{(b * c).sum(1).min():9.4f}   " + ", ".join(agree))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--texts", type=int, default=2000)
+    ap.add_argument("--backends-only", action="store_true", help="only the backends table")
     args = ap.parse_args()
     prompts = wl.seed_prompts(args.texts, seed=1)
     answers = [wl.answer(p) for p in prompts]
+    if args.backends_only:
+        return backends(prompts, answers)
     emb = embedded_embedder()
     emb.encode(answers[:64])  # load and warm up
     print(f"{'texts':<9}{'path':<22}{'old texts/s':>12}{'new texts/s':>12}{'speed-up':>10}{'max |diff|':>12}")
@@ -99,6 +125,7 @@ def main():
             b, tb = _timed(emb.encode_cached, texts, s_new)
             print(f"{name:<9}{'encode_cached (warm)':<22}{len(texts) / ta:12.0f}{len(texts) / tb:12.0f}"
                   f"{ta / tb:9.2f}x{np.abs(a - b).max():12.1e}")
+    backends(prompts, answers)
 
 
 if __name__ == "__main__":

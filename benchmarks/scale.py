@@ -7,6 +7,7 @@ rows in and out, peak RSS, and the growth exponent of the wall time from the sma
     python benchmarks/scale.py --n 200 --json out.json      # smoke size
     python benchmarks/scale.py --store both --n 10000       # the file store and a DuckLake side by side
                                                             # (a throwaway PostgreSQL server is its catalog)
+    python benchmarks/scale.py --embedder torch             # the fp32 torch embedder (default: onnx-int8)
 
 Targets on 2 cores at 100k: every stage but its embedding within 2 minutes, peak RSS <= 6 GB, no stage worse
 than linear except near-dup (the exponent is printed).
@@ -99,7 +100,7 @@ def _counts(where: dict, stage: str) -> tuple[int | None, int | None]:
 # ---------------------------------------------------------------- one N
 
 def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], save=lambda: None,
-          pg=None) -> dict[str, dict]:
+          pg=None, embedder: str = "onnx-int8") -> dict[str, dict]:
     """One N on one store; `pg`: the Postgres server whose fresh database is the DuckLake's catalog."""
     home = workdir / f"n{n}-{store}"
     tasks = home / "task" / "tasks.yaml"
@@ -117,7 +118,7 @@ def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], s
     env = {**os.environ, **lake_env, "DISTILL_HOME": str(home), "DISTILL_TASKS": str(tasks),
            "DAGSTER_HOME": str(home / "dagster_home"), "TEACHER_BASE_URL": base_url,
            "TEACHER_MODEL": "fake-teacher", "TEACHER_MAX_CONCURRENCY": "64", "JUDGE_MODEL": "fake-judge",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", "EMBEDDER_BACKEND": embedder}
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     out: dict[str, dict] = {}
     for stage in stages:
@@ -194,6 +195,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[10000, 100000], help="numbers of seed prompts")
     ap.add_argument("--store", choices=["file", "ducklake", "both"], default="file")
+    ap.add_argument("--embedder", choices=["torch", "onnx-int8"], default="onnx-int8",
+                    help="EMBEDDER_BACKEND of the runs (benchmarks/embedding.py compares the two)")
     ap.add_argument("--workdir", help="keep the runs here (default: a temp dir, removed)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES,
@@ -235,11 +238,13 @@ def main() -> int:
             pg = stack.enter_context(PostgresServer()) if "ducklake" in stores else None
             for store in stores:
                 for n in args.n:  # in the order given: the largest first still gets its figures if stopped
-                    run_n(n, workdir, srv.base_url, store, args.stages, saver(store), pg=pg)
+                    run_n(n, workdir, srv.base_url, store, args.stages, saver(store), pg=pg,
+                          embedder=args.embedder)
     finally:
         if tmp:
             tmp.cleanup()
-    print(f"\n=== benchmarks/scale ({os.cpu_count()} cores, {time.perf_counter() - t0:.0f} s) ===")
+    print(f"\n=== benchmarks/scale ({os.cpu_count()} cores, embedder {args.embedder}, "
+          f"{time.perf_counter() - t0:.0f} s) ===")
     print(table(results))
     return 0
 

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from resources import embed_onnx
 from resources.store import DuckDBStore, arrow_of
 
 
@@ -60,6 +62,13 @@ def _load(model_path: str, device: str):
     return SentenceTransformer(model_path, device=device)
 
 
+@lru_cache(maxsize=4)
+def _load_onnx(model_path: str, cache_dir: str, threads: int) -> embed_onnx.OnnxEncoder:
+    st = _load(model_path, "cpu")
+    path = embed_onnx.build_int8(st, model_path, cache_dir)
+    return embed_onnx.OnnxEncoder(path, st.tokenizer, int(st.max_seq_length or 512), threads)
+
+
 class EmbedderResource(dg.ConfigurableResource):
     """Encodes texts with a sentence-transformers model; `model_path` None = the packaged all-MiniLM-L6-v2."""
 
@@ -71,17 +80,25 @@ class EmbedderResource(dg.ConfigurableResource):
     batch_size: int = Field(default=32, ge=1)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads; None = every allowed core")
     device: str = "cpu"
+    # onnx-int8: ONNX Runtime with int8 weights, for corpora where embedding dominates (resources/embed_onnx.py).
+    # Its vectors are close to, not equal to, torch's, so they are cached under their own model name.
+    backend: Literal["torch", "onnx-int8"] = "torch"
+    cache_dir: str | None = Field(default=None, description="where the onnx-int8 model file is built and kept")
 
     @property
     def model_name(self) -> str:
-        return self.model_path or "all-MiniLM-L6-v2"
+        base = self.model_path or "all-MiniLM-L6-v2"
+        return base if self.backend == "torch" else f"{base}+{self.backend}"
 
-    def _model(self):
+    def _path(self) -> str:
         path = self.model_path or self.embedded_model_dir
         if not path:
             raise ValueError("embedder: set model_path (EMBEDDER_PATH) or embedded_model_dir")
+        return path
+
+    def _model(self):
         t = time.perf_counter()
-        model = _load(path, self.device)
+        model = _load(self._path(), self.device)
         STATS.load_s += time.perf_counter() - t
         return model
 
@@ -89,6 +106,8 @@ class EmbedderResource(dg.ConfigurableResource):
         """Plain encode, normalized; no cache."""
         if not texts:
             return np.zeros((0, self.dimension()), dtype=np.float32)
+        if self.backend == "onnx-int8":
+            return self._encode_onnx(texts)
         import torch  # loaded with the model anyway; deferred so that importing resources stays light
 
         model = self._model()
@@ -102,6 +121,20 @@ class EmbedderResource(dg.ConfigurableResource):
         STATS.encode_s += time.perf_counter() - t
         STATS.encoded += len(texts)
         return np.asarray(vecs, dtype=np.float32)
+
+    def _encode_onnx(self, texts: list[str]) -> np.ndarray:
+        if self.device != "cpu":
+            raise ValueError(f"embedder backend onnx-int8 runs on the CPU, not device={self.device!r}")
+        if not self.cache_dir:
+            raise ValueError("embedder backend onnx-int8 needs cache_dir (where its model file is built)")
+        t = time.perf_counter()
+        enc = _load_onnx(self._path(), self.cache_dir, self.threads or cpu_threads())
+        t1 = time.perf_counter()
+        STATS.load_s += t1 - t
+        vecs = enc.encode(list(texts), self.batch_size)
+        STATS.encode_s += time.perf_counter() - t1
+        STATS.encoded += len(texts)
+        return vecs
 
     def dimension(self) -> int:
         return int(self._model().get_sentence_embedding_dimension())

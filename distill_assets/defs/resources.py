@@ -6,8 +6,10 @@ import dagster as dg
 
 from distill_assets.lib.ledger import open_io_manager, open_store
 from distill_assets.lib.settings import (
+    cache_root,
     embedded_embedder_dir,
     embedded_teacher_gguf,
+    embedder_backend,
     embedder_path,
     llm_env,
     openai_headers_env,
@@ -71,12 +73,14 @@ def build_resources() -> dict:
         "teacher": llm_from_env("TEACHER", "teacher"),
         "judge": llm_from_env("JUDGE", "judge", fallback="TEACHER"),
         "embedder": EmbedderResource(model_path=embedder_path(),
-                                     embedded_model_dir=None if embedder_path() else str(embedded_embedder_dir())),
+                                     embedded_model_dir=None if embedder_path() else str(embedded_embedder_dir()),
+                                     backend=embedder_backend(), cache_dir=str(cache_root())),
     }
 
 
 def embedded_embedder(**kwargs) -> EmbedderResource:
     """The packaged all-MiniLM-L6-v2."""
+    kwargs.setdefault("cache_dir", str(cache_root()))
     return EmbedderResource(embedded_model_dir=str(embedded_embedder_dir()), **kwargs)
 
 

@@ -138,6 +138,17 @@ def embedder_path() -> str | None:
     return env("EMBEDDER_PATH")
 
 
+EMBEDDER_BACKENDS = ("torch", "onnx-int8")
+
+
+def embedder_backend() -> str:
+    """EMBEDDER_BACKEND: torch (default) or onnx-int8 (ONNX Runtime, int8 weights; for large corpora)."""
+    v = env("EMBEDDER_BACKEND") or "torch"
+    if v not in EMBEDDER_BACKENDS:
+        raise ValueError(f"environment variable EMBEDDER_BACKEND={v!r}: use one of {', '.join(EMBEDDER_BACKENDS)}")
+    return v
+
+
 def cache_root() -> Path:
     """DISTILL_CACHE: derived, re-creatable files (tokenizer conversions, lexicons)."""
     return Path(env("DISTILL_CACHE") or (Path.home() / ".cache" / "distill"))
