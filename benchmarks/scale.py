@@ -7,7 +7,7 @@ rows in and out, peak RSS, and the growth exponent of the wall time from the sma
     python benchmarks/scale.py --n 200 --json out.json      # smoke size
     python benchmarks/scale.py --store both --n 10000       # the file store and a DuckLake side by side
                                                             # (a throwaway PostgreSQL server is its catalog)
-    python benchmarks/scale.py --embedder torch             # the fp32 torch embedder (default: onnx-int8)
+    python benchmarks/scale.py --embedder onnx-int8         # EMBEDDER_BACKEND of the runs (default: torch)
 
 Targets on 2 cores at 100k: every stage but its embedding within 2 minutes, peak RSS <= 6 GB, no stage worse
 than linear except near-dup (the exponent is printed).
@@ -100,7 +100,7 @@ def _counts(where: dict, stage: str) -> tuple[int | None, int | None]:
 # ---------------------------------------------------------------- one N
 
 def run_n(n: int, workdir: Path, base_url: str, store: str, stages: list[str], save=lambda: None,
-          pg=None, embedder: str = "onnx-int8") -> dict[str, dict]:
+          pg=None, embedder: str = "torch") -> dict[str, dict]:
     """One N on one store; `pg`: the Postgres server whose fresh database is the DuckLake's catalog."""
     home = workdir / f"n{n}-{store}"
     tasks = home / "task" / "tasks.yaml"
@@ -195,7 +195,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[10000, 100000], help="numbers of seed prompts")
     ap.add_argument("--store", choices=["file", "ducklake", "both"], default="file")
-    ap.add_argument("--embedder", choices=["torch", "onnx-int8"], default="onnx-int8",
+    ap.add_argument("--embedder", choices=["torch", "onnx", "onnx-int8"], default="torch",
                     help="EMBEDDER_BACKEND of the runs (benchmarks/embedding.py compares the two)")
     ap.add_argument("--workdir", help="keep the runs here (default: a temp dir, removed)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")

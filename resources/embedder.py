@@ -63,9 +63,9 @@ def _load(model_path: str, device: str):
 
 
 @lru_cache(maxsize=4)
-def _load_onnx(model_path: str, cache_dir: str, threads: int) -> embed_onnx.OnnxEncoder:
+def _load_onnx(model_path: str, cache_dir: str, threads: int, backend: str) -> embed_onnx.OnnxEncoder:
     st = _load(model_path, "cpu")
-    path = embed_onnx.build_int8(st, model_path, cache_dir)
+    path = embed_onnx.build(st, model_path, cache_dir, backend)
     return embed_onnx.OnnxEncoder(path, st.tokenizer, int(st.max_seq_length or 512), threads)
 
 
@@ -80,9 +80,9 @@ class EmbedderResource(dg.ConfigurableResource):
     batch_size: int = Field(default=32, ge=1)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads; None = every allowed core")
     device: str = "cpu"
-    # onnx-int8: ONNX Runtime with int8 weights, for corpora where embedding dominates (resources/embed_onnx.py).
-    # Its vectors are close to, not equal to, torch's, so they are cached under their own model name.
-    backend: Literal["torch", "onnx-int8"] = "torch"
+    # onnx: the same model through ONNX Runtime in fp32; onnx-int8: int8 weights, faster, vectors only close to
+    # torch's (resources/embed_onnx.py). Each backend's vectors are cached under their own model name.
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     cache_dir: str | None = Field(default=None, description="where the onnx-int8 model file is built and kept")
 
     @property
@@ -106,7 +106,7 @@ class EmbedderResource(dg.ConfigurableResource):
         """Plain encode, normalized; no cache."""
         if not texts:
             return np.zeros((0, self.dimension()), dtype=np.float32)
-        if self.backend == "onnx-int8":
+        if self.backend != "torch":
             return self._encode_onnx(texts)
         import torch  # loaded with the model anyway; deferred so that importing resources stays light
 
@@ -124,11 +124,11 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def _encode_onnx(self, texts: list[str]) -> np.ndarray:
         if self.device != "cpu":
-            raise ValueError(f"embedder backend onnx-int8 runs on the CPU, not device={self.device!r}")
+            raise ValueError(f"embedder backend {self.backend} runs on the CPU, not device={self.device!r}")
         if not self.cache_dir:
-            raise ValueError("embedder backend onnx-int8 needs cache_dir (where its model file is built)")
+            raise ValueError(f"embedder backend {self.backend} needs cache_dir (where its model file is built)")
         t = time.perf_counter()
-        enc = _load_onnx(self._path(), self.cache_dir, self.threads or cpu_threads())
+        enc = _load_onnx(self._path(), self.cache_dir, self.threads or cpu_threads(), self.backend)
         t1 = time.perf_counter()
         STATS.load_s += t1 - t
         vecs = enc.encode(list(texts), self.batch_size)

@@ -138,11 +138,11 @@ def embedder_path() -> str | None:
     return env("EMBEDDER_PATH")
 
 
-EMBEDDER_BACKENDS = ("torch", "onnx-int8")
+EMBEDDER_BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def embedder_backend() -> str:
-    """EMBEDDER_BACKEND: torch (default) or onnx-int8 (ONNX Runtime, int8 weights; for large corpora)."""
+    """EMBEDDER_BACKEND: torch (default), onnx (ONNX Runtime, fp32) or onnx-int8 (int8 weights)."""
     v = env("EMBEDDER_BACKEND") or "torch"
     if v not in EMBEDDER_BACKENDS:
         raise ValueError(f"environment variable EMBEDDER_BACKEND={v!r}: use one of {', '.join(EMBEDDER_BACKENDS)}")

@@ -1,5 +1,6 @@
-"""The onnx-int8 embedder backend: built once and cached, close to the torch vectors (the same near-dup pairs),
-cached under its own model name, and refusing models whose pooling it does not reproduce."""
+"""The ONNX embedder backends: onnx gives torch's vectors up to float rounding; onnx-int8 is built once and
+cached, close to the torch vectors (the same near-dup pairs away from the threshold), cached under its own model
+name; both refuse models whose pooling they do not reproduce."""
 
 from __future__ import annotations
 
@@ -53,13 +54,22 @@ def test_int8_vectors_are_close_and_keep_the_same_near_dups(int8, fp32):
     assert np.allclose(int8.encode(TEXTS[::-1])[::-1], b, atol=1e-5)
 
 
+def test_fp32_onnx_gives_torchs_vectors(fp32, cache):
+    a = fp32.encode(TEXTS)
+    b = embedded_embedder(backend="onnx", cache_dir=str(cache)).encode(TEXTS)
+    assert np.abs(a - b).max() < 1e-4
+    for threshold in (0.8, 0.85, 0.9, 0.95):
+        assert (greedy_near_dup(a, threshold).keep == greedy_near_dup(b, threshold).keep).all()
+
+
 def test_the_model_file_is_built_once_and_keyed_by_content(int8, cache):
     int8.encode(["warm"])
-    files = list((cache / "onnx-embed").glob("*.onnx"))
-    assert len(files) == 1
     st = emb_mod._load(str(embedded_embedder_dir()), "cpu")
+    files = [f for f in (cache / "onnx-embed").glob("*.onnx")
+             if f == embed_onnx.build(st, embedded_embedder_dir(), cache, "onnx-int8")]
+    assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
-    assert embed_onnx.build_int8(st, embedded_embedder_dir(), cache) == files[0]
+    assert embed_onnx.build(st, embedded_embedder_dir(), cache, "onnx-int8") == files[0]
     assert files[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert not list((cache / "onnx-embed").glob(".build-*"))  # no half-built leftovers
 
@@ -83,7 +93,7 @@ def test_models_with_other_pooling_are_refused(fp32, tmp_path):
     pool.pooling_mode = "cls"
     try:
         with pytest.raises(ValueError, match="mean Pooling"):
-            embed_onnx.build_int8(st, embedded_embedder_dir(), tmp_path)
+            embed_onnx.build(st, embedded_embedder_dir(), tmp_path, "onnx-int8")
     finally:
         pool.pooling_mode = mode
     with pytest.raises(ValueError, match="needs cache_dir"):
