@@ -4,7 +4,8 @@ The sentence-transformers model (a BERT-family encoder with mean pooling and L2 
 with the pooling and normalization inside the graph, and cached under `cache_dir`, keyed by the model's files,
 the recipe and the onnxruntime version (written with an atomic rename).
 
-- `onnx` runs the exported fp32 graph: torch's vectors up to float rounding, ~1.25x faster on 2 CPU cores.
+- `onnx` runs the exported fp32 graph: torch's vectors up to float rounding, ~1.25x faster on 2 AVX2 cores,
+  1.8-2.5x on 2 AVX-512 cores (ONNX Runtime's kernels use AVX-512; torch's CPU build gains little).
 - `onnx-int8` fuses the attention, LayerNorm and GELU subgraphs (ONNX Runtime's transformer optimizer) and
   quantizes the weights to int8 per output channel; activations are quantized per batch at run time. ~1.7-1.9x
   faster than torch. Per-channel scales keep the vectors far closer to fp32 than one scale per matrix (worst
