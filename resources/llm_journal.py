@@ -13,7 +13,7 @@ import pandas as pd
 
 from resources.llm_logprobs import JOURNAL_KEY, logprob_frame
 from resources.llm_types import OK
-from resources.store import DuckDBStore, insert_df
+from resources.store import DuckDBStore, insert_df, parse_utc
 
 
 class _Journal:
@@ -59,7 +59,7 @@ def replay_journals(store: DuckDBStore, directory: Path) -> int:
                     pass  # a line torn by the kill; that call is simply made again
             if rows:
                 frame = pd.DataFrame(rows).drop(columns=[JOURNAL_KEY], errors="ignore")
-                frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+                frame["created_at"] = parse_utc(frame["created_at"])
                 calls, logprobs = _latest_per_key(frame), logprob_frame(rows)
                 store.transact(lambda conn, c=calls, lp=logprobs: (
                     insert_df(conn, "teacher_calls", c, on_conflict="replace"),

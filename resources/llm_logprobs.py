@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from resources.llm_types import TokenLogprobs
+from resources.store import parse_utc
 
 LOGPROB_COLUMNS = ["call_key", "model", "k", "n_tokens", "token_ids", "logprobs", "tokenizer", "unmapped",
                    "created_at"]
@@ -54,7 +55,7 @@ def logprob_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(found, columns=LOGPROB_COLUMNS)
     for col in ("token_ids", "logprobs"):
         frame[col] = [base64.b64decode(v) for v in frame[col]]
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["created_at"] = parse_utc(frame["created_at"])
     return frame.drop_duplicates("call_key", keep="last")
 
 

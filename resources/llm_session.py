@@ -38,7 +38,7 @@ from resources.llm_types import (
     call_key,
     log,
 )
-from resources.store import DuckDBStore, insert_df, utcnow
+from resources.store import DuckDBStore, insert_df, parse_utc, utcnow
 
 if TYPE_CHECKING:  # annotations only: the resource and the engine construct sessions
     from resources.llm import LLMResource
@@ -132,7 +132,7 @@ class LLMSession:
             estimates, self._estimates = self._estimates, []
             old_journal, self.journal = self.journal, _Journal(self.journal_dir)
         frame = pd.DataFrame(batch, columns=LEDGER_COLUMNS)
-        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+        frame["created_at"] = parse_utc(frame["created_at"])
         try:
             calls, logprobs = _latest_per_key(frame), logprob_frame(batch)
 

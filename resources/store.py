@@ -49,6 +49,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def parse_utc(values) -> pd.Series:
+    """Timestamps written by `utcnow().isoformat()`, parsed as UTC. ISO8601, not one inferred format: isoformat()
+    drops the fraction when microsecond == 0, which one call in ~a million hits."""
+    return pd.to_datetime(values, utc=True, format="ISO8601")
+
+
 def _pid_command(pid: int) -> str:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
