@@ -16,7 +16,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from resources.store import DuckDBStore, utcnow
+from resources.clock import utcnow
+from resources.store import DuckDBStore
 
 STALE_AFTER = timedelta(minutes=15)  # a reservation nobody refreshed for this long belongs to a dead run
 

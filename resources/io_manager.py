@@ -27,7 +27,8 @@ import pandas as pd
 from pydantic import Field
 
 from resources import lake
-from resources.store import DuckDBStore, insert_df, is_lake_connection, table_exists, utcnow
+from resources.clock import utcnow
+from resources.store import DuckDBStore, insert_df, is_lake_connection, table_exists
 
 LINEAGE_STAGE = "lineage_stage"  # output metadata: this output's rows are that stage's verdicts
 PARTITIONS_TABLE = "_distill_partitions"

@@ -26,9 +26,9 @@ from resources.batch import (
     redact_url,
     split_for_limits,
 )
+from resources.clock import utcnow
 from resources.llm_http import _Progress, _run_async, parse_completion
 from resources.llm_types import ChatRequest, ChatResult, LLMAuthError, LLMUnavailableError
-from resources.store import utcnow
 
 if TYPE_CHECKING:  # annotations only: the session calls in here
     from resources.llm_session import LLMSession

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from resources.clock import utcnow
 from resources.llm_types import (
     OK,
     APIConnectionError,
@@ -21,7 +22,6 @@ from resources.llm_types import (
     normalize_tool_calls,
     parse_logprobs,
 )
-from resources.store import utcnow
 
 
 @dataclass

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from resources.clock import parse_utc
 from resources.llm_logprobs import JOURNAL_KEY, logprob_frame
 from resources.llm_types import OK
-from resources.store import DuckDBStore, insert_df, parse_utc
+from resources.store import DuckDBStore, insert_df
 
 
 class _Journal:

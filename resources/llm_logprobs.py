@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from resources.clock import parse_utc
 from resources.llm_types import TokenLogprobs
-from resources.store import parse_utc
 
 LOGPROB_COLUMNS = ["call_key", "model", "k", "n_tokens", "token_ids", "logprobs", "tokenizer", "unmapped",
                    "created_at"]

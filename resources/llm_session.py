@@ -16,6 +16,7 @@ import pandas as pd
 
 from resources.batch import redact_url
 from resources.budget import SharedBudget
+from resources.clock import parse_utc, utcnow
 from resources.llm_batch import run_batch
 from resources.llm_http import Completion, _ChatHTTP, _Progress, _retry_after, _run_async, parse_completion
 from resources.llm_journal import (
@@ -38,7 +39,7 @@ from resources.llm_types import (
     call_key,
     log,
 )
-from resources.store import DuckDBStore, insert_df, parse_utc, utcnow
+from resources.store import DuckDBStore, insert_df
 
 if TYPE_CHECKING:  # annotations only: the resource and the engine construct sessions
     from resources.llm import LLMResource

@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,21 +37,12 @@ import pyarrow as pa
 from pydantic import Field
 
 from resources import lake
+from resources.clock import utcnow
 
 T = TypeVar("T")
 _local = threading.local()
 _thread_lock = threading.RLock()
 _DUCKDB_LOCKED = "Could not set lock on file"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def parse_utc(values) -> pd.Series:
-    """Timestamps written by `utcnow().isoformat()`, parsed as UTC. ISO8601, not one inferred format: isoformat()
-    drops the fraction when microsecond == 0, which one call in ~a million hits."""
-    return pd.to_datetime(values, utc=True, format="ISO8601")
 
 
 def _pid_command(pid: int) -> str:

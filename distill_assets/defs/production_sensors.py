@@ -25,7 +25,8 @@ from distill_assets.lib.production.batches import Batch, parse_cursor, plan_batc
 from distill_assets.lib.production.intake import ingest_drop_folder
 from distill_assets.lib.settings import production_settings
 from distill_assets.lib.tasks import load_tasks
-from resources.store import DuckDBStore, utcnow
+from resources.clock import utcnow
+from resources.store import DuckDBStore
 
 SENSOR_NAME = "production_failure_sensor"
 

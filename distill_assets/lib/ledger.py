@@ -15,8 +15,9 @@ import pandas as pd
 
 from distill_assets.lib.settings import get_settings, store_lock_timeout_s
 from distill_assets.lib.stages import STAGE_ORDER
+from resources.clock import utcnow
 from resources.io_manager import DistillDuckDBIOManager
-from resources.store import DuckDBStore, utcnow
+from resources.store import DuckDBStore
 
 TABLES: dict[str, str] = {
     "teacher_calls": """

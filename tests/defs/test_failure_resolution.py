@@ -20,7 +20,8 @@ from distill_assets.lib import ledger
 from distill_assets.lib.evaluation.metrics import MERGED, OVERALL
 from distill_assets.lib.production import intake, promotion, split, state
 from distill_assets.lib.tasks import load_tasks
-from resources.store import DuckDBStore, utcnow
+from resources.clock import utcnow
+from resources.store import DuckDBStore
 
 REPO = Path(__file__).resolve().parents[2]
 OLD, NEW = "lora_adapter:old0000000000000", "lora_adapter:new0000000000000"

@@ -9,7 +9,7 @@ import pytest
 from distill_assets.defs.production_sensors import build_production_failure_sensor, wave_complete
 from distill_assets.lib.production import intake, split, state
 from distill_assets.lib.production.batches import parse_cursor
-from resources.store import utcnow
+from resources.clock import utcnow
 
 
 def _pending(store, cat, n, start=0, now=None):

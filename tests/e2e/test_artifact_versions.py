@@ -73,7 +73,7 @@ def test_two_retrains_keep_both_versions_linked(tmp_path_factory, distill_home, 
 
     # the promotion decision between the two versions names both artifacts
     from distill_assets.lib.tasks import load_tasks
-    from resources.store import utcnow
+    from resources.clock import utcnow
 
     old_id, new_id = loras.sort_values("created_at").index.tolist()
     with store.connect() as conn:

@@ -8,7 +8,7 @@ from distill_assets.lib.eval_set import build_eval_frame, extra_eval_rows
 from distill_assets.lib.ledger import open_store
 from distill_assets.lib.records import load_eval_file
 from distill_assets.lib.tasks import load_tasks
-from resources.store import utcnow
+from resources.clock import utcnow
 
 
 def test_demo_eval_files_load_and_validate():

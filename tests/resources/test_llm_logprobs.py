@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from resources.clock import utcnow
 from resources.llm import ChatRequest, LLMResource
 from resources.llm_journal import _Journal, replay_journals
 from resources.llm_logprobs import JOURNAL_KEY, decode_arrays, logprob_row
 from resources.llm_types import TokenLogprobs, parse_logprobs
-from resources.store import utcnow
 from tests.fakes.openai_server import FakeOpenAIServer
 
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from resources.store import parse_utc
+from resources.clock import parse_utc
 
 
 def test_parse_utc_reads_whole_seconds_beside_fractions():

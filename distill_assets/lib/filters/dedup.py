@@ -34,8 +34,9 @@ from distill_assets.lib.stages import annotate
 from distill_assets.lib.tasks import Category
 from distill_assets.lib.text import normalize_series
 from distill_assets.lib.tokenizer import count_tokens
+from resources.clock import utcnow
 from resources.embedder import EmbedderResource, text_hash
-from resources.store import DuckDBStore, insert_df, table_exists, utcnow
+from resources.store import DuckDBStore, insert_df, table_exists
 
 # ---------------------------------------------------------------- hashes and order
 

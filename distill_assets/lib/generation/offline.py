@@ -21,10 +21,11 @@ from distill_assets.lib.errors import InputError
 from distill_assets.lib.generation.plan import Step, initial_steps, next_steps
 from distill_assets.lib.tasks import Category
 from resources.batch import BatchRequest, read_results, write_jsonl
+from resources.clock import utcnow
 from resources.llm import ChatRequest, ChatResult, LLMResource, call_key
 from resources.llm_http import parse_completion
 from resources.llm_journal import LEDGER_COLUMNS
-from resources.store import DuckDBStore, utcnow
+from resources.store import DuckDBStore
 
 
 def _key_and_body(teacher: LLMResource, model: str) -> Callable[[ChatRequest], tuple[str, dict]]:

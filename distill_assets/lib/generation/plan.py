@@ -30,8 +30,9 @@ from distill_assets.lib.generation.prompts import (
 )
 from distill_assets.lib.ids import content_hash, seed_id
 from distill_assets.lib.tasks import Category
+from resources.clock import utcnow
 from resources.llm import ChatRequest, ChatResult, LLMSession
-from resources.store import DuckDBStore, utcnow
+from resources.store import DuckDBStore
 
 GENERATION_COLUMNS = [
     "generation_id", "example_id", "seed_id", "parent_ids", "category", "method", "messages", "system_prompt",

@@ -32,7 +32,8 @@ from distill_assets.lib.production.parse import parse_csv, parse_jsonl, reject_r
 from distill_assets.lib.production.split import assign_splits, is_held_out, split_key
 from distill_assets.lib.settings import production_settings
 from distill_assets.lib.tasks import TaskFile, load_tasks
-from resources.store import DuckDBStore, insert_df, utcnow
+from resources.clock import utcnow
+from resources.store import DuckDBStore, insert_df
 
 
 @dataclass

@@ -35,7 +35,8 @@ from distill_assets.lib.production import HELD_OUT, HELDOUT_SPLIT, IN_TRAINING, 
 from distill_assets.lib.production.state import set_status
 from distill_assets.lib.records import eval_id, gold_reference
 from distill_assets.lib.tasks import TaskFile
-from resources.store import DuckDBStore, insert_df, utcnow
+from resources.clock import utcnow
+from resources.store import DuckDBStore, insert_df
 
 HELDOUT_SOURCE, EVAL_SOURCE = "production_heldout", "eval"
 

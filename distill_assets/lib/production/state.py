@@ -21,7 +21,8 @@ from distill_assets.lib.production import (
     TRAIN_SPLIT,
 )
 from distill_assets.lib.records import SEED_COLUMNS
-from resources.store import DuckDBStore, utcnow
+from resources.clock import utcnow
+from resources.store import DuckDBStore
 
 TRANSITIONS: dict[str, set[str]] = {
     PENDING: {IN_TRAINING, HELD_OUT},

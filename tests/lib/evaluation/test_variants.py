@@ -7,7 +7,7 @@ from distill_assets.lib import ledger
 from distill_assets.lib.evaluation import generate as gen
 from distill_assets.lib.evaluation import variants as vr
 from distill_assets.lib.ledger import open_store
-from resources.store import utcnow
+from resources.clock import utcnow
 
 
 def test_discover_variants_from_the_upstream_artifacts(tmp_path):

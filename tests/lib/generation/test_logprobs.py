@@ -6,9 +6,9 @@ import pytest
 
 from distill_assets.lib.generation.logprobs import LossyText, TokenIdMap, example_logprobs, vocab_hash
 from distill_assets.lib.tokenizer import student_tokenizer
+from resources.clock import utcnow
 from resources.llm_logprobs import logprob_frame, logprob_row
 from resources.llm_types import TokenLogprobs
-from resources.store import utcnow
 
 TEXT = "The capital of France is Paris. 🇫🇷 naïve\n\n  code:\tx"
 
